@@ -1,0 +1,223 @@
+"""Turn finished units into the published dataset: labels, shards, side tables, card, stats.
+
+Finalize is idempotent and crash-safe: it reads only ``units/``, writes every final file under a
+temporary name first, writes ``stats.json`` last (its presence means 'finalized'), and only then
+removes ``units/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets import Features, Sequence, Value
+
+from facesynth import __version__, layout
+from facesynth.card import write_card
+from facesynth.errors import UserInputError
+from facesynth.recipe import load_recipe
+from facesynth.runner import read_run
+from facesynth.writer import ParquetShardWriter, dataset_features, rejected_features, write_table
+
+IDENTITY_FEATURES = {
+    "identity": Value("int64"),
+    "name": Value("string"),  # the input's folder or label, when filtering an existing dataset
+    "label": Value("int32"),
+    "images_kept": Value("int32"),
+    "attempts": Value("int32"),
+    "drop_reason": Value("string"),
+    "vector": Sequence(Value("float32")),
+}
+
+
+def is_finalized(out: Path) -> bool:
+    return (Path(out) / layout.STATS).exists() and not (Path(out) / layout.UNITS).exists()
+
+
+def _read_units(out: Path, num_units: int) -> list[dict[str, Any]]:
+    missing = [u for u in range(num_units) if not layout.unit_done_marker(out, u).exists()]
+    if missing:
+        raise UserInputError(
+            f"{len(missing)} of {num_units} units are not finished (first: {missing[0]}); "
+            "run `facesynth run` again to finish them before finalizing"
+        )
+    return [layout.read_json(layout.unit_done_marker(out, u)) for u in range(num_units)]
+
+
+def finalize(out: str | Path) -> dict[str, Any]:
+    """Merge the finished units of ``out`` into ``data/``, side tables, ``README.md`` and ``stats.json``."""
+    out = Path(out).resolve()
+    if is_finalized(out):
+        return layout.read_json(out / layout.STATS)
+    run = read_run(out)
+    if run is None:
+        raise UserInputError(f"{out} is not a facesynth output (no {layout.RUN})")
+    recipe = load_recipe(out / layout.RECIPE, need_generation=False)
+    units = _read_units(out, run["num_units"])
+    from facesynth.filters import load_filter
+    from facesynth.identity.bank import IdentityBank
+
+    filters = [load_filter(f.name, **f.options) for f in recipe.filters]
+    columns = [c for f in filters for c in f.score_columns]
+    features = dataset_features(columns)
+
+    tables = [
+        pq.read_table(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))
+    ]
+    identities = pa.concat_tables(
+        [t.select(["identity", "name", "images_kept", "attempts", "drop_reason"]) for t in tables]
+    )
+    drop_reason: dict[int, str] = {
+        i: r
+        for i, r in zip(
+            identities["identity"].to_pylist(), identities["drop_reason"].to_pylist(), strict=True
+        )
+        if r
+    }
+    kept_ids = np.array(
+        [i for i in identities["identity"].to_pylist() if i not in drop_reason], dtype=np.int64
+    )
+
+    # Dataset-wide checks across units (class separation) on every kept identity's centroid.
+    all_centroids = _centroids(tables, set(kept_ids.tolist()))
+    dataset_dropped: dict[int, str] = {}
+    for f in filters:
+        dataset_pass = getattr(f, "dataset_pass", None)
+        if dataset_pass is not None and len(kept_ids):
+            dataset_dropped.update(dataset_pass(kept_ids, all_centroids))
+    drop_reason.update(dataset_dropped)
+    kept_ids = np.array([i for i in kept_ids.tolist() if i not in drop_reason], dtype=np.int64)
+    label_of = {int(i): label for label, i in enumerate(sorted(kept_ids.tolist()))}
+
+    shards = _write_shards(out, len(units), features, label_of, recipe.writer.row_group_mb)
+    bank = IdentityBank.load(out / layout.BANK) if (out / layout.BANK).exists() else None
+    _write_identity_table(out, identities, bank, label_of, drop_reason)
+    rejected = [
+        pq.read_table(layout.unit_stem(out, u).with_suffix(".rejected.parquet")) for u in range(len(units))
+    ]
+    write_table(out / layout.REJECTED, pa.concat_tables(rejected), rejected_features(columns))
+
+    stats = _stats(recipe, run, units, shards, label_of, dataset_dropped, [f.name for f in recipe.filters])
+    stats["identity_bank"] = bank.provenance if bank is not None else None
+    write_card(out, recipe, features, stats)
+    layout.atomic_write_json(out / layout.STATS, stats)
+    shutil.rmtree(out / layout.UNITS)
+    return stats
+
+
+def _centroids(tables: list[pa.Table], kept: set[int]) -> dict[str, np.ndarray]:
+    """Per embedder, a [K, D] array of kept identities' centroids, rows in ``sorted(kept)`` order."""
+    per_embedder: dict[str, dict[int, list[float]]] = {}
+    for table in tables:
+        ids = table["identity"].to_pylist()
+        for name in table.column_names:
+            if name.startswith("centroid_"):
+                values = table[name].to_pylist()
+                target = per_embedder.setdefault(name.removeprefix("centroid_"), {})
+                target.update({i: v for i, v in zip(ids, values, strict=True) if i in kept and v is not None})
+    order = sorted(kept)
+    return {
+        name: np.array([vectors[i] for i in order], dtype=np.float32)
+        for name, vectors in per_embedder.items()
+        if len(vectors) == len(order)
+    }
+
+
+def _write_shards(
+    out: Path, num_units: int, features: Features, label_of: dict[int, int], row_group_mb: float
+) -> list[dict[str, Any]]:
+    sources = []
+    for u in range(num_units):
+        path = layout.unit_stem(out, u).with_suffix(".parquet")
+        ids = pq.read_table(path, columns=["identity"])["identity"].to_numpy()
+        if np.isin(ids, list(label_of)).any():
+            sources.append(path)
+    if (out / layout.DATA).exists():
+        shutil.rmtree(out / layout.DATA)  # left by a finalize that crashed; rebuilt from units
+    labels = pa.array(list(label_of), pa.int64()), pa.array(list(label_of.values()), pa.int32())
+    shards = []
+    for index, source in enumerate(sources):
+        name = layout.shard_name(index, len(sources))
+        parquet = pq.ParquetFile(source)
+        with ParquetShardWriter(out / name, features, int(row_group_mb * (1 << 20))) as writer:
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group)
+                table = table.filter(pc.is_in(table["identity"], value_set=labels[0]))
+                if table.num_rows == 0:
+                    continue
+                label = pc.take(labels[1], pc.index_in(table["identity"], value_set=labels[0]))
+                table = table.set_column(table.schema.get_field_index("label"), "label", label)
+                writer.write_table(table)
+        shards.append({"file": name, "rows": writer.num_rows, "bytes": (out / name).stat().st_size})
+    return shards
+
+
+def _write_identity_table(
+    out: Path, identities: pa.Table, bank: Any, label_of: dict[int, int], drop_reason: dict[int, str]
+) -> None:
+    ids = identities["identity"].to_pylist()
+    rows = (
+        {
+            "identity": i,
+            "name": name,
+            "label": label_of.get(i, -1),
+            "images_kept": kept if i in label_of else 0,
+            "attempts": attempts,
+            "drop_reason": drop_reason.get(i),
+            "vector": None if bank is None else bank.vectors[i].tolist(),
+        }
+        for i, name, kept, attempts in zip(
+            ids,
+            identities["name"].to_pylist(),
+            identities["images_kept"].to_pylist(),
+            identities["attempts"].to_pylist(),
+            strict=True,
+        )
+    )
+    write_table(out / layout.IDENTITIES, rows, Features(IDENTITY_FEATURES))
+
+
+def _stats(
+    recipe: Any,
+    run: dict[str, Any],
+    units: list[dict[str, Any]],
+    shards: list[dict[str, Any]],
+    label_of: dict[int, int],
+    dataset_dropped: dict[int, str],
+    filter_names: list[str],
+) -> dict[str, Any]:
+    generated = sum(u["generated"] for u in units)
+    rejected_by: Counter[str] = Counter()
+    for u in units:
+        rejected_by.update(u["rejected_by"])
+    # Pass rate of a filter = share of the images it saw that it let through (filters run in order).
+    seen, pass_rates = generated - rejected_by["input"], {}  # 'input': unreadable before any filter
+    for name in filter_names:
+        pass_rates[name] = (seen - rejected_by[name]) / seen if seen else None
+        seen -= rejected_by[name]
+    rows = sum(s["rows"] for s in shards)
+    return {
+        "facesynth_version": __version__,
+        "recipe_name": recipe.name,
+        "recipe_hash": run["recipe_hash"],
+        "bank_sha256": run["bank_sha256"],
+        "identities_planned": run["num_identities"],
+        "identities_kept": len(label_of),
+        "identities_dropped": run["num_identities"] - len(label_of),
+        "identities_dropped_dataset_wide": {str(k): v for k, v in sorted(dataset_dropped.items())},
+        "images_generated": generated,
+        "images_kept": rows,
+        "pass_rate": rows / generated if generated else None,
+        "filter_pass_rates": pass_rates,
+        "rejected_by": dict(rejected_by),
+        "units": run["num_units"],
+        "shards": shards,
+        "generator_seconds": sum(u["generator_seconds"] for u in units),
+        "seconds": sum(u["seconds"] for u in units),
+    }

@@ -1,0 +1,51 @@
+"""Where a run keeps its files. Everything under ``units/`` is private until ``finalize``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RECIPE = "recipe.yaml"
+RUN = "run.json"
+BANK = "bank.safetensors"
+UNITS = "units"
+DATA = "data"
+IDENTITIES = "identities.parquet"
+REJECTED = "rejected.parquet"
+STATS = "stats.json"
+CARD = "README.md"
+
+
+def unit_stem(out: Path, unit: int) -> Path:
+    return Path(out) / UNITS / f"unit-{unit:05d}"
+
+
+def unit_done_marker(out: Path, unit: int) -> Path:
+    """Written last, after the unit's files are closed and renamed: its presence means 'done'."""
+    return unit_stem(out, unit).with_suffix(".json")
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"{DATA}/train-{index:05d}-of-{count:05d}.parquet"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())

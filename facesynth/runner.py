@@ -1,0 +1,205 @@
+"""Preparing an output folder, loading a worker, and running units: what every executor shares."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from facesynth import __version__, layout
+from facesynth.errors import UserInputError
+from facesynth.pipeline import UnitPlan, Worker, run_unit
+from facesynth.recipe import Recipe, load_recipe
+
+# Rough bytes per pixel of an encoded image, to size units from output.shard_size_mb.
+_BYTES_PER_PIXEL = {"jpeg": 0.5, "webp": 0.35, "png": 2.0}
+
+
+def output_dir(recipe: Recipe, out: str | Path | None) -> Path:
+    path = out or recipe.output.dir
+    if not path:
+        raise UserInputError("no output folder: pass --out DIR or set output.dir in the recipe")
+    return Path(path).expanduser().resolve()
+
+
+def _stored_size(recipe: Recipe) -> int:
+    """Side of the stored image: the aligned crop when a face filter runs, else the generator's."""
+    face = next((f for f in recipe.filters if f.name == "face"), None)
+    if face is not None and recipe.writer.store == "aligned":
+        return int(face.options.get("size", 112))
+    assert recipe.generator is not None
+    from facesynth.generators import GENERATORS
+
+    options = GENERATORS.parse_options(recipe.generator.name, recipe.generator.options)
+    return int(getattr(options, "size", 512))
+
+
+def identities_per_unit(recipe: Recipe) -> int:
+    if recipe.output.identities_per_unit:
+        return recipe.output.identities_per_unit
+    image_bytes = _stored_size(recipe) ** 2 * _BYTES_PER_PIXEL[recipe.output.image_format]
+    per_identity = image_bytes * recipe.variations.images_per_identity
+    return max(1, math.floor(recipe.output.shard_size_mb * (1 << 20) / per_identity))
+
+
+def read_run(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / layout.RUN
+    return layout.read_json(path) if path.exists() else None
+
+
+def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Create (or check) the output folder: resolved recipe, identity bank, unit plan.
+
+    Idempotent: an existing folder made from the same recipe is reused as it is, which is how a
+    rerun resumes. A folder made from another recipe is refused unless ``overwrite``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    run = read_run(out)
+    recipe_hash = recipe.content_hash()
+    if run is not None and run["recipe_hash"] != recipe_hash:
+        if not overwrite:
+            raise UserInputError(
+                f"{out} holds a run of a different recipe (hash {run['recipe_hash']}, this one "
+                f"{recipe_hash}); pass --overwrite to replace it, or choose another --out"
+            )
+        _clear(out)
+        run = None
+    elif run is None and any(out.iterdir()):
+        if not overwrite:
+            raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
+        _clear(out)
+    if run is not None:
+        return run
+
+    bank = _build_or_load_bank(recipe, out, progress)
+    _check_dims(recipe, bank.dim)
+    resolved = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(out)})})
+    layout.atomic_write_bytes(
+        out / layout.RECIPE, yaml.safe_dump(resolved.to_dict(), sort_keys=False).encode()
+    )
+    plan = UnitPlan(len(bank), identities_per_unit(recipe))
+    run = {
+        "recipe_hash": recipe_hash,
+        "bank_sha256": bank.sha256(),
+        "num_identities": plan.num_identities,
+        "identities_per_unit": plan.identities_per_unit,
+        "num_units": plan.num_units,
+        "facesynth_version": __version__,
+    }
+    layout.atomic_write_json(out / layout.RUN, run)  # written last: its presence means 'prepared'
+    return run
+
+
+def _clear(out: Path) -> None:
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _build_or_load_bank(recipe: Recipe, out: Path, progress: bool) -> Any:
+    from facesynth.identity.bank import IdentityBank, build_bank
+
+    path = out / layout.BANK
+    if path.exists():
+        return IdentityBank.load(path)
+    options = recipe.bank_options()
+    bank = (
+        IdentityBank.load(options.bank)
+        if options.bank
+        else build_bank(options, recipe.seed, progress=progress)
+    )
+    bank.save(path)
+    return bank
+
+
+def _check_dims(recipe: Recipe, dim: int) -> None:
+    assert recipe.generator is not None
+    from facesynth.generators import GENERATORS
+
+    expected = getattr(GENERATORS.get(recipe.generator.name), "dim", None)
+    if expected is not None and expected != dim:
+        raise UserInputError(
+            f"the identity bank has {dim}-d vectors but generator '{recipe.generator.name}' takes {expected}-d"
+        )
+
+
+_WORKERS: dict[tuple[Path, str, str | None], Worker] = {}
+
+
+def load_worker(out: Path, device: str | None = None) -> Worker:
+    """Build (once per process) the generator, filters and bank view for an output folder."""
+    run = read_run(out)
+    if run is None:
+        raise UserInputError(f"{out} is not a prepared facesynth output (no {layout.RUN})")
+    key = (Path(out).resolve(), run["recipe_hash"], device)
+    if key in _WORKERS:
+        return _WORKERS[key]
+    from facesynth.filters import load_filter
+    from facesynth.generators import load_generator
+    from facesynth.identity import VARIATIONS
+    from facesynth.identity.bank import IdentityBank
+
+    recipe = load_recipe(out / layout.RECIPE)
+    bank = IdentityBank.load(out / layout.BANK)
+    if bank.sha256() != run["bank_sha256"]:
+        raise UserInputError(f"{out / layout.BANK} does not match the bank this run was planned with")
+    assert recipe.generator is not None
+    options = recipe.generator.options
+    if device is not None:
+        options["device"] = device
+    generator = load_generator(recipe.generator.name, **options)
+    if generator.dim != bank.dim:
+        raise UserInputError(
+            f"the identity bank has {bank.dim}-d vectors but the generator takes {generator.dim}-d"
+        )
+    worker = Worker(
+        out=Path(out),
+        recipe=recipe,
+        bank_vectors=bank.vectors,
+        plan=UnitPlan(run["num_identities"], run["identities_per_unit"]),
+        generator=generator,
+        filters=[load_filter(f.name, **f.options) for f in recipe.filters],
+        variation=VARIATIONS.create(recipe.variations.vary.name, **recipe.variations.vary.options),
+    )
+    _WORKERS[key] = worker
+    return worker
+
+
+def pending_units(out: Path, units: Iterable[int] | None = None) -> list[int]:
+    """Units (of ``units``, default all) whose done-marker is not written yet."""
+    run = read_run(out)
+    assert run is not None
+    candidates = range(run["num_units"]) if units is None else units
+    return [u for u in candidates if not layout.unit_done_marker(out, u).exists()]
+
+
+def clean_partial_files(out: Path) -> None:
+    """Remove temporary files left by a killed process; they were never visible under final names."""
+    for tmp in (Path(out) / layout.UNITS).glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def run_units(out: Path, units: Iterable[int], progress: bool = True, device: str | None = None) -> None:
+    """Run the given units (skipping finished ones) in this process, with a progress bar."""
+    units = pending_units(out, units)
+    if not units:
+        return
+    worker = load_worker(out, device)
+    total = sum(len(worker.plan.identities(u)) for u in units)
+    bar = tqdm(total=total, unit="id", desc="identities", disable=not progress, dynamic_ncols=True)
+    kept = generated = 0
+
+    def on_round(identities_done: int, images_kept: int) -> None:
+        nonlocal kept
+        kept += images_kept
+        bar.update(identities_done)
+
+    with bar:
+        for unit in units:
+            result = run_unit(worker, unit, on_round)
+            generated += result.generated
+            bar.set_postfix(images=kept, pass_rate=f"{kept / max(generated, 1):.0%}", refresh=False)

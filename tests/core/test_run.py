@@ -1,0 +1,112 @@
+"""The smoke recipe end to end: dataset layout, labels, regeneration, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_dataset
+
+import facesynth
+from facesynth import layout
+from facesynth.cli import main
+from facesynth.writer import encode_image
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "recipes" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    stats = facesynth.run(SMOKE, out=out, progress=False)
+    return out, stats
+
+
+def _read_all(out: Path) -> dict[str, object]:
+    """Every published table of an output, for exact comparison between runs."""
+    shards = sorted((out / "data").glob("*.parquet"))
+    return {
+        "names": [p.name for p in shards],
+        "data": [pq.read_table(p).to_pylist() for p in shards],
+        "identities": pq.read_table(out / layout.IDENTITIES).to_pylist(),
+        "rejected": pq.read_table(out / layout.REJECTED).to_pylist(),
+    }
+
+
+def test_smoke_dataset_loads_with_datasets(smoke: tuple[Path, dict]) -> None:
+    out, stats = smoke
+    ds = load_dataset(str(out), split="train")
+    assert len(ds) == stats["images_kept"] > 0
+    assert ds.features["image"].__class__.__name__ == "Image"
+    labels = sorted(set(ds["label"]))
+    assert labels == list(range(stats["identities_kept"]))
+    # every (identity, attempt) once, and each label maps to one identity
+    pairs = list(zip(ds["identity"], ds["attempt"], strict=True))
+    assert len(set(pairs)) == len(pairs)
+    label_to_identity = {}
+    for label, identity in zip(ds["label"], ds["identity"], strict=True):
+        assert label_to_identity.setdefault(label, identity) == identity
+    assert ds[0]["image"].size == (64, 64)
+    card = (out / "README.md").read_text()
+    assert "data/train-*" in card and "Intended use" in card
+    assert json.loads((out / "stats.json").read_text())["images_kept"] == len(ds)
+    assert not (out / layout.UNITS).exists()
+
+
+def test_regenerating_a_row_gives_the_same_image(smoke: tuple[Path, dict]) -> None:
+    out, _ = smoke
+    table = pq.read_table(sorted((out / "data").glob("*.parquet"))[-1]).to_pylist()
+    row = table[-1]
+    image = facesynth.regenerate(out, row["identity"], row["attempt"])
+    assert encode_image(image, "jpeg", 95) == row["image"]["bytes"]
+
+
+def test_rerun_on_finished_output_is_a_no_op_and_other_recipe_is_refused(
+    smoke: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    out, stats = smoke
+    before = _read_all(out)
+    assert main(["run", str(SMOKE), "--out", str(out), "--no-progress"]) == 0
+    assert _read_all(out) == before
+    assert main(["run", str(SMOKE), "--out", str(out), "--set", "seed=7", "--no-progress"]) == 2
+    assert "different recipe" in capsys.readouterr().err
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_kept"] == stats["images_kept"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
+    args = ["--set", "identities.count=32", "--no-progress"]
+    reference = tmp_path / "reference"
+    facesynth.run(SMOKE, out=reference, overrides=["identities.count=32"], progress=False)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "facesynth.cli", "run", str(SMOKE), "--out", str(out), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((out / layout.UNITS).glob("unit-*.json")):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "data").exists(), "nothing is published before finalize"
+    done_before = len(list((out / layout.UNITS).glob("unit-*[0-9].json")))
+    assert 1 <= done_before < 8
+
+    info = subprocess.run(
+        [sys.executable, "-m", "facesynth.cli", "info", str(out), "--json"], capture_output=True, text=True
+    )
+    assert json.loads(info.stdout)["units_done"] == done_before
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _read_all(out) == _read_all(reference)
