@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finalize", help="merge finished units into the dataset (after distributed runs)")
     p.add_argument("out", help="output folder")
+
+    p = sub.add_parser("push", help="upload a finished dataset to the Hugging Face Hub (resumable)")
+    p.add_argument("out", help="finished output folder")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="dataset repository (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="branch to push to (created if needed; default main)")
+    p.add_argument("--dry-run", action="store_true", help="print the upload plan, upload nothing")
+
+    p = sub.add_parser("export", help="write a finished dataset as ImageFolder, RecordIO or WebDataset")
+    p.add_argument("out", help="finished output folder")
+    p.add_argument("dest", help="destination folder")
+    p.add_argument("--to", required=True, choices=["imagefolder", "recordio", "webdataset"], help="format")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    p.add_argument("--shard-size-mb", type=float, default=500, help="WebDataset tar shard size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -192,6 +207,32 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from facesynth.hub import push, upload_plan
+
+    if args.dry_run:
+        plan = upload_plan(args.out)
+        for n, commit in enumerate(plan.commits, start=1):
+            print(f"commit {n} of {len(plan.commits)}: {len(commit)} file(s)")
+            for name in commit:
+                print(f"  {name}  ({plan.files[name]:,} bytes)")
+        print(f"{len(plan.files)} files, {plan.total_bytes / 1e9:.2f} GB -> datasets/{args.repo}")
+        return 0
+    url = push(args.out, args.repo, private=args.private, revision=args.revision)
+    print(f"pushed: {url}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from facesynth.export import export
+
+    summary = export(
+        args.out, args.to, args.dest, args.overwrite, args.shard_size_mb, progress=not args.no_progress
+    )
+    print(f"exported {summary['images']:,} images as {args.to} to {summary['dest']}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
@@ -200,6 +241,8 @@ COMMANDS = {
     "identities": cmd_identities,
     "filter": cmd_filter,
     "finalize": cmd_finalize,
+    "push": cmd_push,
+    "export": cmd_export,
 }
 
 

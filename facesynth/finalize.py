@@ -80,8 +80,8 @@ def finalize(out: str | Path) -> dict[str, Any]:
         )
         if r
     }
-    kept_ids = np.array(
-        [i for i in identities["identity"].to_pylist() if i not in drop_reason], dtype=np.int64
+    kept_ids = np.sort([i for i in identities["identity"].to_pylist() if i not in drop_reason]).astype(
+        np.int64
     )
 
     # Dataset-wide checks across units (class separation) on every kept identity's centroid.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +14,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from facesynth import __version__, layout
-from facesynth.errors import UserInputError
+from facesynth.errors import FacesynthError, UserInputError
 from facesynth.pipeline import UnitPlan, Worker, run_unit
 from facesynth.recipe import Recipe, load_recipe
 
@@ -59,6 +61,9 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool =
     rerun resumes. A folder made from another recipe is refused unless ``overwrite``.
     """
     out.mkdir(parents=True, exist_ok=True)
+    # Listed before run.json is read: if another worker finishes preparing in between, its run.json
+    # is found below instead of its files being taken for a foreign folder.
+    entries = {p.name for p in out.iterdir()}
     run = read_run(out)
     recipe_hash = recipe.content_hash()
     if run is not None and run["recipe_hash"] != recipe_hash:
@@ -69,19 +74,21 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool =
             )
         _clear(out)
         run = None
-    elif run is None and any(out.iterdir()):
+    elif run is None and entries and not _being_prepared(out, entries, recipe_hash):
         if not overwrite:
             raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
         _clear(out)
     if run is not None:
         return run
 
-    bank = _build_or_load_bank(recipe, out, progress)
-    _check_dims(recipe, bank.dim)
+    # Several workers may prepare at once (Slurm array tasks): each writes the same files, each
+    # atomically, so they agree. The recipe goes first: it says whose bank a bank file is.
     resolved = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(out)})})
     layout.atomic_write_bytes(
         out / layout.RECIPE, yaml.safe_dump(resolved.to_dict(), sort_keys=False).encode()
     )
+    bank = _build_or_load_bank(recipe, out, progress)
+    _check_dims(recipe, bank.dim)
     plan = UnitPlan(len(bank), identities_per_unit(recipe))
     run = {
         "recipe_hash": recipe_hash,
@@ -92,7 +99,27 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool =
         "facesynth_version": __version__,
     }
     layout.atomic_write_json(out / layout.RUN, run)  # written last: its presence means 'prepared'
+    written = read_run(out)
+    if written is None or written["bank_sha256"] != run["bank_sha256"]:
+        raise FacesynthError(
+            f"another worker prepared {out} with a different identity bank (bank building is not "
+            "deterministic here); prepare once before starting the workers, e.g. `facesynth identities`"
+        )
     return run
+
+
+def _being_prepared(out: Path, entries: set[str], recipe_hash: str) -> bool:
+    """Whether ``out`` holds only what ``prepare`` writes before run.json, for this same recipe."""
+    own = {layout.RECIPE, layout.BANK}
+    temporary = tuple(f".{name}." for name in (*own, layout.RUN))  # atomic writes in flight
+    if any(e not in own and not e.startswith(temporary) for e in entries):
+        return False
+    if layout.RECIPE not in entries:
+        return layout.BANK not in entries  # a bank without its recipe is of unknown origin
+    try:
+        return load_recipe(out / layout.RECIPE).content_hash() == recipe_hash
+    except UserInputError:
+        return False
 
 
 def _clear(out: Path) -> None:
@@ -177,10 +204,20 @@ def pending_units(out: Path, units: Iterable[int] | None = None) -> list[int]:
     return [u for u in candidates if not layout.unit_done_marker(out, u).exists()]
 
 
-def clean_partial_files(out: Path) -> None:
-    """Remove temporary files left by a killed process; they were never visible under final names."""
-    for tmp in (Path(out) / layout.UNITS).glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+def clean_partial_files(out: Path, units: Iterable[int] | None = None) -> None:
+    """Remove temporary files left by a killed process; they were never visible under final names.
+
+    With ``units``, only those units' files: other workers may be writing theirs right now.
+    """
+    patterns = [".*.tmp-*"] if units is None else [f".unit-{u:05d}.*.tmp-*" for u in units]
+    for pattern in patterns:
+        for tmp in (Path(out) / layout.UNITS).glob(pattern):
+            tmp.unlink(missing_ok=True)
+
+
+def unit_failed_marker(out: Path, unit: int) -> Path:
+    """Written when a unit raises, for ``facesynth info``; removed when the unit later succeeds."""
+    return layout.unit_stem(out, unit).with_suffix(".failed.json")
 
 
 def run_units(out: Path, units: Iterable[int], progress: bool = True, device: str | None = None) -> None:
@@ -200,6 +237,12 @@ def run_units(out: Path, units: Iterable[int], progress: bool = True, device: st
 
     with bar:
         for unit in units:
-            result = run_unit(worker, unit, on_round)
+            try:
+                result = run_unit(worker, unit, on_round)
+            except Exception as exc:
+                error = {"unit": unit, "error": f"{exc.__class__.__name__}: {exc}", "host": platform.node()}
+                layout.atomic_write_json(unit_failed_marker(out, unit), {**error, "pid": os.getpid()})
+                raise
+            unit_failed_marker(out, unit).unlink(missing_ok=True)
             generated += result.generated
             bar.set_postfix(images=kept, pass_rate=f"{kept / max(generated, 1):.0%}", refresh=False)

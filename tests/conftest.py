@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the subprocesses the tests start
 
 import pytest  # noqa: E402
 
@@ -14,4 +15,4 @@ import pytest  # noqa: E402
 def _torch_threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # CI has 2 cores, shared with data loading and subprocesses

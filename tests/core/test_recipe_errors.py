@@ -30,7 +30,7 @@ filters: []
 
 def _edit(old: str, new: str) -> str:
     assert old in GOOD
-    return GOOD.replace(old, new)
+    return GOOD.replace(old, new, 1)
 
 
 # (recipe text, words the one-line error must contain)
@@ -41,7 +41,7 @@ CASES = {
     "seed not an int": (_edit("seed: 1", "seed: one"), ["seed"]),
     "negative seed": (_edit("seed: 1", "seed: -4"), ["seed"]),
     "bad name": (_edit("name: t", "name: 'my recipe!'"), ["name"]),
-    "missing name": (GOOD.replace("name: t\n", ""), ["name"]),
+    "missing name": (GOOD.replace("name: t\n", "", 1), ["name"]),
     "missing identities": (GOOD.split("identities:")[0] + "generator:\n  name: tiny\n", ["identities"]),
     "missing generator": (_edit("generator:\n  name: tiny\n  size: 64\n", ""), ["generator"]),
     "unknown generator": (_edit("name: tiny", "name: tiny2"), ["generator", "tiny2"]),
@@ -49,7 +49,10 @@ CASES = {
     "generator option wrong type": (_edit("  size: 64", "  size: big"), ["generator.size"]),
     "bad image format": (_edit("  dir: out", "  dir: out\n  image_format: gif"), ["output.image_format"]),
     "quality out of range": (_edit("  dir: out", "  dir: out\n  quality: 101"), ["output.quality"]),
-    "zero images": (_edit("images_per_identity: 2", "images_per_identity: 0"), ["variations.images_per_identity"]),
+    "zero images": (
+        _edit("images_per_identity: 2", "images_per_identity: 0"),
+        ["variations.images_per_identity"],
+    ),
     "min above target": (
         _edit("images_per_identity: 2", "images_per_identity: 2\n  min_images_per_identity: 5"),
         ["min_images_per_identity"],
@@ -65,10 +68,17 @@ CASES = {
         _edit("filters: []", "filters:\n  - name: quality\n  - name: quality"),
         ["quality", "twice"],
     ),
-    "unknown variation": (_edit("images_per_identity: 2", "images_per_identity: 2\n  vary: wobble"), ["wobble"]),
+    "unknown variation": (
+        _edit("images_per_identity: 2", "images_per_identity: 2\n  vary: wobble"),
+        ["wobble"],
+    ),
     "prompt slot without choices": (
         _edit("images_per_identity: 2", "images_per_identity: 2\n  prompts:\n    template: 'a {pose} face'"),
         ["variations.prompts", "pose"],
+    ),
+    "prompts for a generator without prompts": (
+        _edit("images_per_identity: 2", "images_per_identity: 2\n  prompts:\n    template: 'a face'"),
+        ["variations.prompts", "tiny"],
     ),
     "bad yaml": (GOOD + "generator: [unclosed\n", ["invalid YAML"]),
     "not a mapping": ("- just\n- a list\n", ["mapping"]),
@@ -80,7 +90,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_malformed_recipe_is_one_line_exit_2(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_malformed_recipe_is_one_line_exit_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     text, words = CASES[case]
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -111,13 +123,17 @@ def test_good_recipe_validates_and_set_overrides(tmp_path: Path, capsys: pytest.
 
 def test_cli_subprocess_exit_codes(tmp_path: Path) -> None:
     missing = subprocess.run(
-        [sys.executable, "-m", "facesynth.cli", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+        [sys.executable, "-m", "facesynth.cli", "run", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
     )
     assert missing.returncode == 2 and "recipe file not found" in missing.stderr
     assert "Traceback" not in missing.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD + "outptu: {}\n")
-    result = subprocess.run([sys.executable, "-m", "facesynth.cli", "validate", str(bad)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "facesynth.cli", "validate", str(bad)], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "outptu" in result.stderr and "Traceback" not in result.stderr
     schema = subprocess.run([sys.executable, "-m", "facesynth.cli", "schema"], capture_output=True, text=True)
     assert schema.returncode == 0 and '"identities"' in schema.stdout

@@ -1,0 +1,168 @@
+"""Images per second of facesynth's generator against a bare diffusers call, in the same run.
+
+Both sides use the same tiny checkpoints (``facesynth.generators.tiny``) on CPU, the same
+components, scheduler (DPM++), steps, guidance, size and batch. The bare side is one
+``StableDiffusionPipeline(...)(prompt=..., latents=...)`` call per batch, as a user would write
+it. facesynth is timed twice: with its CPU default ``batch_invariant: true`` (UNet and VAE run one
+image at a time so an image never depends on its batch) and with ``batch_invariant: false``
+(what CUDA runs use). Rounds alternate between the sides so machine load hits all of them.
+With ``--run`` a whole ``facesynth.run`` of the smoke recipe (filters off) is timed as well.
+Prints one JSON object. Target: ratio (batch_invariant false) >= 0.95.
+
+    python benchmarks/generation.py [--sizes 64 112] [--images 32] [--batch 16] [--threads 1] [--run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
+
+
+def bare_pipeline(model: Path, base: Path):
+    """The same components, loaded with nothing but diffusers and transformers."""
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    scheduler_config = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(base, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="arc2face"),
+        scheduler=DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def time_bare(pipe, images: int, batch: int, size: int, steps: int, guidance: float) -> float:
+    start = time.perf_counter()
+    for first in range(0, images, batch):
+        n = min(batch, images - first)
+        latents = torch.randn(
+            (n, 4, size // 8, size // 8), generator=torch.Generator("cpu").manual_seed(first)
+        )
+        pipe(
+            prompt=["photo of a id person"] * n,
+            latents=latents,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            output_type="pil",
+        )
+    return images / (time.perf_counter() - start)
+
+
+def time_facesynth(generator, images: int) -> float:
+    vectors = np.random.default_rng(0).normal(size=(images, 512)).astype(np.float32)
+    start = time.perf_counter()
+    generator.generate(vectors, list(range(images)))
+    return images / (time.perf_counter() - start)
+
+
+def time_run(size: int, steps: int, batch: int) -> dict:
+    import facesynth
+
+    overrides = [f"generator.size={size}", f"generator.steps={steps}", f"generator.batch_size={batch}"]
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        stats = facesynth.run(RECIPE, out=out, overrides=overrides, progress=False)
+        seconds = time.perf_counter() - start
+    generated = stats.get("images_generated") or stats.get("images")
+    return {
+        "size": size,
+        "images": generated,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(generated / seconds, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 112])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run", action="store_true", help="also time facesynth.run on the smoke recipe")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from facesynth.generators import load_generator
+    from facesynth.generators.tiny import build_tiny_checkpoints
+
+    cache = tempfile.mkdtemp(prefix="facesynth-bench-")
+    os.environ["FACESYNTH_CACHE"] = cache  # facesynth.run builds tiny here too
+    model, base = build_tiny_checkpoints(cache)
+    start = time.perf_counter()
+    load_generator("tiny", cache_dir=cache)
+    load_seconds = time.perf_counter() - start
+
+    results = []
+    for size in args.sizes:
+        common = {"size": size, "steps": args.steps, "guidance": args.guidance, "batch_size": args.batch}
+        exact = load_generator("tiny", cache_dir=cache, batch_invariant=True, **common)
+        fast = load_generator("tiny", cache_dir=cache, batch_invariant=False, **common)
+        pipe = bare_pipeline(model, base)
+        samples: dict[str, list[float]] = {"bare": [], "exact": [], "fast": []}
+        for round_ in range(args.rounds + 1):  # round 0 warms up oneDNN's kernel caches
+            timings = {
+                "bare": time_bare(pipe, args.images, args.batch, size, args.steps, args.guidance),
+                "exact": time_facesynth(exact, args.images),
+                "fast": time_facesynth(fast, args.images),
+            }
+            if round_:
+                for key, value in timings.items():
+                    samples[key].append(value)
+        best = {key: statistics.median(values) for key, values in samples.items()}
+        results.append(
+            {
+                "size": size,
+                "images": args.images,
+                "bare_diffusers_images_per_s": round(best["bare"], 2),
+                "facesynth_images_per_s": round(best["fast"], 2),
+                "ratio": round(best["fast"] / best["bare"], 3),
+                "facesynth_batch_invariant_images_per_s": round(best["exact"], 2),
+                "ratio_batch_invariant": round(best["exact"] / best["bare"], 3),
+                "s_per_image_batch_invariant": round(1 / best["exact"], 4),
+            }
+        )
+    report = {
+        "device": "cpu",
+        "threads": args.threads,
+        "batch": args.batch,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "rounds": args.rounds,
+        "tiny_load_seconds": round(load_seconds, 3),
+        "results": results,
+        "target": "ratio >= 0.95",
+    }
+    if args.run:
+        report["facesynth_run"] = time_run(args.sizes[0], args.steps, args.batch)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

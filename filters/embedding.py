@@ -1,0 +1,98 @@
+"""What the embedding-based filters (identity, separation, leakage, duplicates) share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from facesynth.errors import UserInputError
+from facesynth.filters.align import to_rgb
+from facesynth.filters.models import get_embedder, split_spec
+from facesynth.interfaces import Candidate, Embedder, FilterContext
+
+# Per-embedder defaults for the cosine thresholds. ArcFace values are the field's (Vec2Face,
+# DCFace); dlib's follow from its documented same-person rule (Euclidean distance < 0.6 on its
+# raw vectors of norm ~1.45, i.e. cosine ~0.915 once L2-normalised): same person above, others below.
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "arcface-onnx": {"identity": 0.6, "separation": 0.4, "leakage": 0.3, "duplicates": 0.9},
+    "dlib": {"identity": 0.92, "separation": 0.9, "leakage": 0.9, "duplicates": 0.99},
+}
+
+
+def threshold(filter_name: str, embedder: Embedder, value: float | None) -> float:
+    """``value`` if given, else the default of ``filter_name`` for this embedder."""
+    if value is not None:
+        return value
+    try:
+        return DEFAULT_THRESHOLDS[embedder.name][filter_name]
+    except KeyError:
+        raise UserInputError(
+            f"filter '{filter_name}' has no default threshold for embedder '{embedder.name}'; set it in the recipe"
+        ) from None
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def embed_candidates(embedder: Embedder, batch: Sequence[Candidate], filter_name: str) -> list[Candidate]:
+    """Make sure every accepted candidate has ``embeddings[embedder.name]``; return those that do.
+
+    Embeddings are computed once per candidate and embedder, whichever filter asks first; a
+    candidate with a ``face`` (from the face filter) is embedded on that face, otherwise the
+    embedder detects the largest face itself, and a candidate with none is rejected.
+    """
+    todo = [c for c in batch if c.accepted and embedder.name not in c.embeddings]
+    with_face = [c for c in todo if c.face is not None and c.image is not None]
+    without = [c for c in todo if c.face is None]
+    for c in todo:
+        if c.image is None:
+            c.reject(filter_name, "unreadable image")
+    if with_face:
+        vectors = embedder.embed_faces([to_rgb(c.image) for c in with_face], [c.face for c in with_face])
+        for c, v in zip(with_face, vectors, strict=True):
+            c.embeddings[embedder.name] = v
+    without = [c for c in without if c.accepted]
+    if without:
+        vectors = embedder.embed_images([to_rgb(c.image) for c in without])
+        for c, v in zip(without, vectors, strict=True):
+            if np.isnan(v).any():
+                c.reject(filter_name, "no face")
+            else:
+                c.embeddings[embedder.name] = v
+    return [c for c in batch if c.accepted and embedder.name in c.embeddings]
+
+
+def accepted_centroid(context: FilterContext, embedder: str, identity: int) -> np.ndarray | None:
+    """Unit mean of the embeddings accepted so far for ``identity`` in this unit, or None."""
+    accepted = context.accepted_embeddings.get(embedder, {}).get(identity)
+    if not accepted:
+        return None
+    return unit(np.mean(np.stack(accepted), axis=0))
+
+
+def in_generator_space(embedder: Embedder, context: FilterContext) -> bool:
+    """True when the bank vectors live in this embedder's space (compare to them directly)."""
+    if context.generator_space != embedder.name or context.bank_vectors is None:
+        return False
+    return context.bank_vectors.ndim == 2 and context.bank_vectors.shape[1] == embedder.dim
+
+
+class EmbeddingFilter:
+    """Base of the filters that compare face embeddings; ``embedder`` is a name or a mapping."""
+
+    name = "embedding"
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.embedder: Embedder = get_embedder(options.embedder)
+        self.embedder_name = split_spec(options.embedder)[0]
+
+    def embeddings(self, batch: Sequence[Candidate]) -> list[Candidate]:
+        return embed_candidates(self.embedder, batch, self.name)
+
+    def accept(self, candidate: Candidate, context: FilterContext) -> None:
+        """Nothing to do: the pipeline appends accepted embeddings to ``context.accepted_embeddings``."""

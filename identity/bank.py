@@ -1,0 +1,418 @@
+"""The identity bank: separated identity vectors, how they were drawn, and the checks they passed.
+
+``build_bank`` runs the exact greedy acceptance: candidates are visited in the sampler's order
+and kept unless their cosine to an already kept identity exceeds ``max_cosine`` or their cosine
+to a gallery vector reaches ``max_gallery_cosine``. The result equals the naive one-by-one greedy
+over the same candidate stream, but is computed block by block with matrix products
+(see ``facesynth.identity.separation`` for the screen and its exact re-check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from facesynth.errors import UserInputError
+from facesynth.identity import SAMPLERS
+from facesynth.identity.gallery import Gallery
+from facesynth.identity.separation import (
+    SAFETY,
+    Screen,
+    check_vectors,
+    exact_cosine,
+    nearest_neighbours,
+    resolve_device,
+    resolve_in_order,
+    row_norms64,
+    screen_against,
+)
+from facesynth.identity.spread import SpreadOptions, spread_vectors
+from facesynth.interfaces import IdentitySampler
+from facesynth.recipe import ComponentSpec
+from facesynth.registry import StrictOptions
+
+log = logging.getLogger(__name__)
+
+BANK_FORMAT = "facesynth-identity-bank"
+_BANK_SALT = 0x62616E6B  # "bank": keeps the bank's stream apart from other uses of the recipe seed
+# Nearest-neighbour statistics cost as much as a second build; above this size they are left to
+# ``separation_stats`` (the maximum pairwise cosine is guaranteed by construction either way).
+FULL_STATS_LIMIT = 250_000
+
+
+class BankOptions(StrictOptions):
+    """The recipe's ``identities:`` section."""
+
+    count: int = Field(ge=1, description="number of identities in the bank")
+    sampler: ComponentSpec | None = Field(
+        None, description="where candidates come from: sphere, gaussian, file or images (name or {name: ...})"
+    )
+    max_cosine: float = Field(0.3, gt=-1, le=1, description="largest allowed cosine between two identities")
+    gallery: Path | None = Field(None, description="real-identity vectors (.npy, .safetensors, .parquet)")
+    max_gallery_cosine: float = Field(
+        0.3, gt=-1, le=1, description="candidates at or above this cosine to a gallery vector are rejected"
+    )
+    candidate_budget: int | None = Field(None, ge=1, description="most candidates drawn (default 20 x count)")
+    block_size: int = Field(8192, ge=16, le=1 << 16, description="candidates checked per matrix product")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    spread: SpreadOptions | None = Field(None, description="optional repulsion that spreads the bank out")
+    bank: Path | None = Field(None, description="use this prebuilt bank file instead of sampling")
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_options(cls, spec: ComponentSpec | None) -> ComponentSpec | None:
+        if spec is None:
+            return spec
+        try:
+            SAMPLERS.parse_options(spec.name, spec.options)
+        except UserInputError as exc:
+            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"sampler '{spec.name}' option {where}: {first['msg']}") from None
+        return spec
+
+    @model_validator(mode="after")
+    def _source(self) -> BankOptions:
+        if (self.sampler is None) == (self.bank is None):
+            raise ValueError(
+                "give either a sampler (to draw a new bank) or bank: FILE (a prebuilt one), not both"
+            )
+        return self
+
+    @property
+    def budget(self) -> int:
+        return self.candidate_budget or 20 * self.count
+
+
+class IdentityBank:
+    """Identity vectors [N, D] float32 plus a JSON-able record of how they were made."""
+
+    def __init__(self, vectors: np.ndarray, provenance: dict[str, Any] | None = None) -> None:
+        vectors = np.ascontiguousarray(check_vectors(vectors, "identity bank vectors"))
+        row_norms64(vectors, "identity bank vectors")
+        self.vectors = vectors
+        self.provenance = provenance or {}
+        self._sha256: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def sha256(self) -> str:
+        """Hash of the vectors alone (shape and bytes): equal banks have equal hashes."""
+        if self._sha256 is None:
+            digest = hashlib.sha256(f"{self.vectors.shape}".encode())
+            digest.update(self.vectors.tobytes())
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def save(self, path: str | Path) -> None:
+        """Write a safetensors file (tensor ``vectors``, provenance in the metadata), atomically."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "format": BANK_FORMAT,
+            "count": str(len(self)),
+            "dim": str(self.dim),
+            "sha256": self.sha256(),
+            "provenance": json.dumps(self.provenance, default=str),
+        }
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"vectors": self.vectors}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> IdentityBank:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(
+                f"identity bank {path} does not exist; build one with `facesynth identities`"
+            )
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                metadata = f.metadata() or {}
+                if "vectors" not in list(f.keys()):
+                    raise UserInputError(
+                        f"identity bank {path} has no 'vectors' tensor (tensors: {list(f.keys())})"
+                    )
+                vectors = f.get_tensor("vectors")
+        except UserInputError:
+            raise
+        except Exception as exc:
+            raise UserInputError(f"identity bank {path} is not a readable safetensors file: {exc}") from None
+        try:
+            provenance = json.loads(metadata.get("provenance", "{}"))
+        except json.JSONDecodeError:
+            raise UserInputError(f"identity bank {path} has corrupt provenance metadata") from None
+        return cls(check_vectors(vectors, f"identity bank {path}"), provenance)
+
+
+@dataclass
+class GreedyResult:
+    vectors: np.ndarray
+    drawn: int
+    rejected_near_identity: int
+    rejected_gallery: int
+    gallery_screened_max: np.ndarray | None = None  # per kept vector, screened (not exact)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def select_separated(
+    draw: Any,
+    count: int,
+    max_cosine: float,
+    budget: int,
+    block_size: int = 8192,
+    gallery: Gallery | None = None,
+    max_gallery_cosine: float = 0.3,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> GreedyResult:
+    """Exact greedy acceptance over the candidate stream ``draw(n) -> float32 [<= n, D]``.
+
+    Raises ``UserInputError`` when ``count`` is not reached within ``budget`` candidates.
+    """
+    from tqdm.auto import tqdm
+
+    dev = resolve_device(device)
+    near = max_cosine - SAFETY  # keep iff every exact cosine to a kept vector is <= near
+    far = max_gallery_cosine - SAFETY  # reject iff some exact gallery cosine is >= far
+    kept_raw: np.ndarray | None = None
+    kept_low: torch.Tensor | None = None
+    kept_norms = np.empty(count, dtype=np.float64)
+    kept_err = 0.0
+    gallery_max = np.full(count, np.nan, dtype=np.float32)
+    n_kept = drawn = rejected_near = rejected_gallery = 0
+    bar = tqdm(total=count, unit="id", disable=not progress, desc="identities")
+    while n_kept < count and drawn < budget:
+        x = draw(min(block_size, budget - drawn))
+        if len(x) == 0:
+            break
+        x = check_vectors(x, "sampler candidates")
+        if kept_raw is None:
+            kept_raw = np.empty((count, x.shape[1]), dtype=np.float32)
+            kept_low = torch.empty((count, x.shape[1]), dtype=torch.bfloat16, device=dev)
+            if gallery is not None and gallery.dim != x.shape[1]:
+                raise UserInputError(
+                    f"the sampler draws {x.shape[1]}-d vectors but gallery {gallery.path} holds {gallery.dim}-d ones"
+                )
+        assert kept_low is not None
+        norms = row_norms64(x, "sampler candidates")
+        screen = Screen.of(x, norms, dev)
+        reason = np.zeros(len(x), dtype=np.int8)  # 0 kept, 1 near an identity, 2 near the gallery
+        if n_kept:
+            near_kept, _ = screen_against(
+                screen,
+                [(0, kept_low[:n_kept])],
+                kept_err,
+                near,
+                exact_cosine(x, norms, kept_raw, kept_norms),
+            )
+            reason[near_kept] = 1
+        block_gallery = np.full(len(x), np.nan, dtype=np.float32)
+        if gallery is not None:
+            alive = np.flatnonzero(reason == 0)
+            if len(alive):
+                hit, screened = gallery.too_close(x[alive], far)
+                reason[alive[hit]] = 2
+                block_gallery[alive] = screened
+        alive = np.flatnonzero(reason == 0)
+        keep = resolve_in_order(screen, alive, near, exact_cosine(x, norms, x, norms))
+        reason[alive[~keep]] = 1
+        accepted = alive[keep][: count - n_kept]
+        used = len(x) if n_kept + len(accepted) < count else int(accepted[-1]) + 1
+        drawn += used
+        rejected_near += int((reason[:used] == 1).sum())
+        rejected_gallery += int((reason[:used] == 2).sum())
+        stop = n_kept + len(accepted)
+        kept_raw[n_kept:stop] = x[accepted]
+        kept_norms[n_kept:stop] = norms[accepted]
+        acc_t = torch.from_numpy(accepted).to(dev)
+        kept_low[n_kept:stop] = screen.low.index_select(0, acc_t)
+        kept_err = max(kept_err, screen.err)
+        gallery_max[n_kept:stop] = block_gallery[accepted]
+        bar.update(len(accepted))
+        n_kept = stop
+    bar.close()
+    if n_kept < count:
+        cause = (
+            "the sampler ran out of candidates"
+            if drawn < budget
+            else f"the candidate budget ({budget:,}) ran out"
+        )
+        raise UserInputError(
+            f"reached only {n_kept:,} of {count:,} identities at max_cosine {max_cosine} "
+            + (f"and max_gallery_cosine {max_gallery_cosine} " if gallery is not None else "")
+            + f"after {drawn:,} candidates ({cause}; {rejected_near:,} rejected as too close to an identity, "
+            f"{rejected_gallery:,} as too close to the gallery); raise max_cosine or candidate_budget, "
+            "lower count, or use a broader sampler"
+        )
+    assert kept_raw is not None
+    return GreedyResult(
+        kept_raw,
+        drawn,
+        rejected_near,
+        rejected_gallery,
+        gallery_max if gallery is not None else None,
+    )
+
+
+def separation_stats(
+    vectors: np.ndarray, gallery: Gallery | None = None, device: str | torch.device = "auto"
+) -> dict[str, Any]:
+    """Exact nearest-neighbour cosine statistics of a bank, and its largest cosine to a gallery."""
+    vectors = check_vectors(vectors, "identity bank vectors")
+    stats: dict[str, Any] = {"count": len(vectors), "dim": int(vectors.shape[1])}
+    if len(vectors) > 1:
+        nn, _ = nearest_neighbours(vectors, device)
+        stats |= {
+            "nn_cosine_min": float(nn.min()),
+            "nn_cosine_mean": float(nn.mean()),
+            "nn_cosine_max": float(nn.max()),
+        }
+    else:
+        stats |= {"nn_cosine_min": None, "nn_cosine_mean": None, "nn_cosine_max": None}
+    if gallery is not None:
+        best, _ = gallery.max_cosine(vectors)
+        stats["gallery_cosine_max"] = float(best.max())
+    return stats
+
+
+def make_sampler(spec: ComponentSpec) -> IdentitySampler:
+    return SAMPLERS.create(spec.name, **spec.options)
+
+
+def build_bank(options: BankOptions, seed: int, progress: bool = True) -> IdentityBank:
+    """Draw, check and (optionally) spread a bank as ``options`` say; deterministic given ``seed``."""
+    gallery = Gallery(options.gallery, options.device) if options.gallery else None
+    thresholds = {"max_cosine": options.max_cosine}
+    if gallery is not None:
+        thresholds["max_gallery_cosine"] = options.max_gallery_cosine
+    if options.bank is not None:
+        return _check_prebuilt(options, gallery, thresholds)
+    assert options.sampler is not None
+    sampler = make_sampler(options.sampler)
+    rng = np.random.default_rng([int(seed), _BANK_SALT])
+    result = select_separated(
+        lambda n: sampler.draw(n, rng),
+        options.count,
+        options.max_cosine,
+        options.budget,
+        options.block_size,
+        gallery,
+        options.max_gallery_cosine,
+        options.device,
+        progress,
+    )
+    vectors = result.vectors
+    provenance: dict[str, Any] = {
+        "sampler": options.sampler.name,
+        "sampler_options": options.sampler.options,
+        "seed": int(seed),
+        **thresholds,
+        "safety_margin": SAFETY,
+        "gallery": str(options.gallery) if gallery is not None else None,
+        "gallery_sha256": gallery.sha256 if gallery is not None else None,
+        "gallery_size": len(gallery) if gallery is not None else None,
+        "candidates_drawn": result.drawn,
+        "candidates_rejected": result.drawn - options.count,
+        "rejected_near_identity": result.rejected_near_identity,
+        "rejected_near_gallery": result.rejected_gallery,
+        "block_size": options.block_size,
+    }
+    if isinstance(getattr(sampler, "names", None), list):
+        provenance["identity_names"] = sampler.names[: options.count]  # type: ignore[attr-defined]
+    if options.spread is not None:
+        vectors, provenance["spread"] = _spread(vectors, options, gallery)
+    provenance["stats"] = _bank_stats(vectors, gallery, options.device)
+    return IdentityBank(vectors, provenance)
+
+
+def _bank_stats(vectors: np.ndarray, gallery: Gallery | None, device: str) -> dict[str, Any]:
+    if len(vectors) <= FULL_STATS_LIMIT:
+        return separation_stats(vectors, gallery, device)
+    return {
+        "count": len(vectors),
+        "dim": int(vectors.shape[1]),
+        "note": f"above {FULL_STATS_LIMIT:,} identities; run separation_stats for nearest-neighbour statistics",
+    }
+
+
+def _spread(vectors: np.ndarray, options: BankOptions, gallery: Gallery | None) -> tuple[np.ndarray, dict]:
+    """Spread, then re-check exactly; a spread bank that breaks a threshold is discarded."""
+    assert options.spread is not None
+    before, _ = nearest_neighbours(vectors, options.device)
+    spread, history = spread_vectors(vectors, options.spread, options.device)
+    after, _ = nearest_neighbours(spread, options.device)
+    record = {
+        **options.spread.model_dump(),
+        "nn_cosine_before": {
+            "min": float(before.min()),
+            "mean": float(before.mean()),
+            "max": float(before.max()),
+        },
+        "nn_cosine_after": {
+            "min": float(after.min()),
+            "mean": float(after.mean()),
+            "max": float(after.max()),
+        },
+        "max_nn_cosine_per_iteration": history["max_nn_cosine"],
+        "applied": True,
+    }
+    problem = None
+    if float(after.max()) > options.max_cosine - SAFETY or float(after.max()) > float(before.max()):
+        problem = "spreading did not lower the largest cosine"
+    elif gallery is not None and gallery.too_close(spread, options.max_gallery_cosine - SAFETY)[0].any():
+        problem = "spreading moved an identity too close to the gallery"
+    if problem:
+        log.warning("%s; keeping the unspread bank", problem)
+        record |= {"applied": False, "reason": problem}
+        return vectors, record
+    return spread, record
+
+
+def _check_prebuilt(options: BankOptions, gallery: Gallery | None, thresholds: dict) -> IdentityBank:
+    assert options.bank is not None
+    bank = IdentityBank.load(options.bank)
+    if len(bank) < options.count:
+        raise UserInputError(
+            f"identity bank {options.bank} holds {len(bank):,} identities, fewer than count {options.count:,}"
+        )
+    vectors = bank.vectors[: options.count]
+    stats = separation_stats(vectors, gallery, options.device)
+    if stats["nn_cosine_max"] is not None and stats["nn_cosine_max"] > options.max_cosine:
+        raise UserInputError(
+            f"identity bank {options.bank} has two identities at cosine {stats['nn_cosine_max']:.4f} > "
+            f"max_cosine {options.max_cosine}; rebuild the bank or raise max_cosine"
+        )
+    if gallery is not None and stats["gallery_cosine_max"] >= options.max_gallery_cosine:
+        raise UserInputError(
+            f"identity bank {options.bank} has an identity at cosine {stats['gallery_cosine_max']:.4f} to gallery "
+            f"{gallery.path} (max_gallery_cosine {options.max_gallery_cosine}); rebuild the bank"
+        )
+    provenance = {
+        **bank.provenance,
+        "source_bank": str(options.bank),
+        "source_sha256": bank.sha256(),
+        **thresholds,
+        "stats": stats,
+    }
+    return IdentityBank(vectors, provenance)

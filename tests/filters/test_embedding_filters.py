@@ -1,0 +1,114 @@
+"""Identity consistency, separation and near-duplicates with the real dlib embedder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import accept_all
+
+from facesynth.filters import load_filter
+from facesynth.filters.separation import colliding_identities
+from facesynth.identity import load_embedder
+
+
+def test_dlib_embedder_contract(astronaut, astronaut_variants) -> None:
+    embedder = load_embedder("dlib")
+    vectors = embedder.embed_images([astronaut, np.zeros((80, 80, 3), np.uint8), *astronaut_variants[:2]])
+    assert vectors.shape == (4, 128) and vectors.dtype == np.float32
+    assert np.isnan(vectors[1]).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors[[0, 2, 3]], axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[2] > 0.95 and vectors[0] @ vectors[3] > 0.95
+
+
+def test_astronaut_variants_pass_identity_and_lfw_faces_fail(
+    astronaut, astronaut_variants, lfw, make_batch, context
+) -> None:
+    filters = [load_filter("face"), load_filter("identity", embedder={"name": "dlib"})]
+    ctx = context()
+    first = make_batch([astronaut])
+    for f in filters:
+        f(first, ctx)
+    accept_all(filters, first, ctx)
+    assert first[0].accepted, first[0].reason  # first image of an identity: accepted when it has a face
+
+    strangers = lfw[0][:10]
+    batch = make_batch(astronaut_variants + strangers)
+    for f in filters:
+        f(batch, ctx)
+    variants, others = batch[: len(astronaut_variants)], batch[len(astronaut_variants) :]
+    assert all(c.accepted for c in variants), [(c.reason, c.scores) for c in variants]
+    assert all(c.scores["identity_cosine"] >= 0.92 for c in variants)
+    faced = [c for c in others if c.rejected_by != "face"]
+    assert len(faced) >= 8
+    assert all(c.rejected_by == "identity" and c.reason.startswith("identity cosine") for c in faced)
+
+
+def test_new_identity_uses_the_batch_medoid(astronaut, astronaut_variants, lfw, make_batch, context) -> None:
+    identity = load_filter("identity")
+    batch = make_batch([lfw[0][3], astronaut, *astronaut_variants[:3]])
+    identity(batch, context())
+    assert [c.accepted for c in batch] == [False, True, True, True, True]
+
+
+def test_identity_in_generator_space_compares_to_the_bank(
+    tiny_arcface, astronaut, make_batch, context
+) -> None:
+    embedder = {"name": "arcface-onnx", "model": str(tiny_arcface)}
+    vector = load_embedder("arcface-onnx", model=str(tiny_arcface)).embed_images([astronaut])[0]
+    bank = np.stack([vector, -vector])
+    identity = load_filter("identity", embedder=embedder)
+    batch = make_batch([astronaut, astronaut], identities=[0, 1])
+    identity(batch, context(bank=bank, space="arcface-onnx"))
+    assert batch[0].accepted and batch[0].scores["identity_cosine"] == pytest.approx(1.0, abs=1e-4)
+    assert batch[1].rejected_by == "identity"
+
+
+def test_duplicate_is_rejected(astronaut, astronaut_variants, make_batch, context) -> None:
+    filters = [load_filter("face"), load_filter("duplicates")]
+    ctx = context()
+    batch = make_batch([astronaut, astronaut.copy()])
+    for f in filters:
+        f(batch, ctx)
+    assert batch[0].accepted
+    assert batch[1].rejected_by == "duplicates" and batch[1].scores["duplicates_cosine"] > 0.999
+    accept_all(filters, batch, ctx)
+    again = make_batch([astronaut])
+    for f in filters:
+        f(again, ctx)
+    assert again[0].rejected_by == "duplicates"  # against the unit's accepted images too
+
+
+def test_distinct_faces_are_not_duplicates(lfw, make_batch, context) -> None:
+    batch = make_batch(lfw[0][:6])
+    load_filter("duplicates")(batch, context())
+    assert sum(c.accepted for c in batch) >= 5
+    assert not [c.reason for c in batch if c.reason and c.reason.startswith("duplicate")]
+
+
+def test_separation_rejects_an_image_of_another_identity(
+    astronaut, astronaut_variants, lfw, make_batch, context
+) -> None:
+    filters = [load_filter("face"), load_filter("separation")]
+    ctx = context()
+    first = make_batch([astronaut, lfw[0][0]], identities=[0, 1])
+    for f in filters:
+        f(first, ctx)
+    accept_all(filters, first, ctx)
+    assert all(c.accepted for c in first)
+    batch = make_batch([astronaut_variants[1], lfw[0][5]], identities=[1, 2])
+    for f in filters:
+        f(batch, ctx)
+    assert batch[0].rejected_by == "separation" and "(identity 0)" in batch[0].reason
+    assert batch[1].accepted
+
+
+def test_dataset_pass_drops_colliding_identities() -> None:
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((5, 128)).astype(np.float32)
+    centroids[3] = centroids[1] + 0.05 * rng.standard_normal(128)
+    identities = np.array([10, 11, 12, 13, 14])
+    separation = load_filter("separation", max_cosine=0.5)
+    dropped = separation.dataset_pass(identities, {"dlib": centroids})
+    assert list(dropped) == [13] and "identity 11" in dropped[13]
+    assert colliding_identities(identities, centroids, 0.5, block=2) == dropped
+    assert separation.dataset_pass(identities, {"other": centroids}) == {}

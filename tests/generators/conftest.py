@@ -1,0 +1,58 @@
+"""Tiny random checkpoints in the published layouts, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesynth.generators import load_generator
+from facesynth.generators.tiny import build_tiny_checkpoints, build_tiny_ipadapter
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(arc2face_dir, sd15_base_dir) of the tiny random model."""
+    return build_tiny_checkpoints(tmp_path_factory.mktemp("tiny-checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def arc2face(tiny_dirs: tuple[Path, Path]):
+    model, base = tiny_dirs
+    return load_generator("arc2face", model=str(model), base_model=str(base), size=64, steps=3, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def ipadapter_dir(tiny_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ip-adapter")
+    build_tiny_ipadapter(tiny_dirs[1], folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ipadapter(tiny_dirs: tuple[Path, Path], ipadapter_dir: Path):
+    return load_generator(
+        "ipadapter-faceid",
+        base_model=str(tiny_dirs[1]),
+        adapter=str(ipadapter_dir),
+        size=64,
+        steps=3,
+        batch_size=8,
+    )
+
+
+@pytest.fixture
+def vectors() -> np.ndarray:
+    return np.random.default_rng(7).normal(size=(8, 512)).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and CI machines are shared: run them on one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

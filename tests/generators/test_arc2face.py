@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facesynth.errors import FacesynthError, ModelNotFoundError, UserInputError
+from facesynth.generators import load_generator
+from facesynth.generators.arc2face import ID_PROMPT
+
+
+def as_arrays(images) -> list[np.ndarray]:
+    return [np.asarray(image) for image in images]
+
+
+def test_conditioning_equals_text_encoder_with_id_token_embedding_replaced(arc2face, vectors):
+    """Independent computation: put the padded vector into the `id` row of the embedding table."""
+    pipe = arc2face.pipe
+    ids = pipe.tokenizer(ID_PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    id_token = pipe.tokenizer.convert_tokens_to_ids("id</w>")
+    assert (ids == id_token).sum() == 1 and arc2face.id_token_id == id_token
+    with torch.inference_mode():
+        ours = arc2face.prompt_embeds(vectors[:3])
+    width = pipe.text_encoder.config.hidden_size
+    assert ours.shape == (3, 77, width) and width > 512  # the zero padding is exercised
+    for i in range(3):
+        unit = torch.from_numpy(vectors[i]) / np.linalg.norm(vectors[i])
+        encoder = copy.deepcopy(pipe.text_encoder)
+        with torch.no_grad():
+            encoder.get_input_embeddings().weight[id_token] = F.pad(unit, (0, width - 512))
+            expected = encoder(ids).last_hidden_state[0]
+        torch.testing.assert_close(ours[i], expected, rtol=0, atol=1e-5)
+    # the vector is L2-normalised first: scaling it changes nothing
+    with torch.inference_mode():
+        torch.testing.assert_close(arc2face.prompt_embeds(vectors[:1] * 5.0), ours[:1], rtol=0, atol=1e-5)
+
+
+def test_negative_is_the_empty_prompt_encoding(arc2face):
+    with torch.inference_mode():
+        expected = arc2face.pipe.encode_prompt(
+            [""], torch.device("cpu"), 1, do_classifier_free_guidance=False
+        )[0]
+    torch.testing.assert_close(arc2face.negative_embeds, expected, rtol=0, atol=0)
+
+
+def test_image_alone_equals_image_in_a_batch_of_8(arc2face, vectors):
+    seeds = [11, 12, 13, 14, 15, 16, 17, 18]
+    batch = as_arrays(arc2face.generate(vectors, seeds))
+    assert arc2face.batch_invariant  # on by default on CPU
+    for i in (0, 5, 7):
+        alone = np.asarray(arc2face.generate(vectors[i : i + 1], [seeds[i]])[0])
+        assert np.array_equal(alone, batch[i]), (
+            f"image {i}: max diff {np.abs(alone.astype(int) - batch[i]).max()}"
+        )
+    # a different batch composition (other neighbours, other position) changes nothing either
+    mixed = as_arrays(arc2face.generate(vectors[[7, 2, 0]], [seeds[7], 99, seeds[0]]))
+    assert np.array_equal(mixed[0], batch[7]) and np.array_equal(mixed[2], batch[0])
+
+
+def test_same_seed_same_image_other_vector_or_seed_other_image(arc2face, vectors):
+    a, b, c, d = as_arrays(arc2face.generate(vectors[[0, 0, 1, 0]], [5, 5, 5, 6]))
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    # other identity: the tiny random UNet listens to its text encoder only weakly, but it does
+    assert np.abs(a.astype(int) - c).mean() > 0.2
+    assert np.abs(a.astype(int) - d).mean() > 1  # other seed
+
+
+def test_stochastic_scheduler_is_still_per_image(tiny_dirs, vectors):
+    model, base = tiny_dirs
+    gen = load_generator(
+        "arc2face", model=str(model), base_model=str(base), size=64, steps=3, scheduler="lcm", guidance=1.0
+    )
+    batch = as_arrays(gen.generate(vectors[:4], [1, 2, 3, 4]))
+    assert np.array_equal(np.asarray(gen.generate(vectors[2:3], [3])[0]), batch[2])
+    assert gen.describe()["scheduler"] == "lcm"
+
+
+def test_describe_is_json_and_records_the_setup(arc2face, tiny_dirs):
+    info = json.loads(json.dumps(arc2face.describe()))
+    assert info["model_path"] == str(tiny_dirs[0].resolve())
+    assert (info["scheduler"], info["steps"], info["guidance"], info["size"], info["dtype"]) == (
+        "dpm++",
+        3,
+        3.0,
+        64,
+        "fp32",
+    )
+    assert arc2face.name == "arc2face" and arc2face.dim == 512 and arc2face.uses_prompts is False
+
+
+def test_wrong_vector_dimension_names_expected_and_got(arc2face):
+    with pytest.raises(UserInputError, match=r"dimension 512.*got 128-d"):
+        arc2face.generate(np.ones((2, 128), np.float32), [0, 1])
+    with pytest.raises(UserInputError, match="2 vectors but 1 seeds"):
+        arc2face.generate(np.ones((2, 512), np.float32), [0])
+
+
+def test_missing_weights_offline_names_repo_and_hf_download(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotFoundError) as info:
+        load_generator("arc2face", model="facesynth-tests/no-such-arc2face")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "facesynth-tests/no-such-arc2face" in message and "HF_HUB_OFFLINE" in message
+    assert "`hf download facesynth-tests/no-such-arc2face --include 'arc2face/*' 'encoder/*'`" in message
+    assert "generator.model" in message and "local folder" in message
+
+
+def test_folder_with_wrong_layout_names_the_missing_file(tiny_dirs, tmp_path):
+    model, base = tiny_dirs
+    broken = tmp_path / "arc2face"
+    shutil.copytree(model, broken)
+    (broken / "encoder" / "pytorch_model.bin").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"encoder/pytorch_model\.bin is missing"):
+        load_generator("arc2face", model=str(broken), base_model=str(base))
+    broken_base = tmp_path / "base"
+    shutil.copytree(base, broken_base)
+    (broken_base / "tokenizer" / "merges.txt").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"generator.base_model.*tokenizer/merges\.txt is missing"):
+        load_generator("arc2face", model=str(model), base_model=str(broken_base))
+    with pytest.raises(UserInputError, match="does not exist"):
+        load_generator("arc2face", model=str(tmp_path / "nowhere" / "arc2face"), base_model=str(base))
+
+
+def test_cuda_out_of_memory_advises_lower_batch_size(tiny_dirs, vectors):
+    model, base = tiny_dirs
+    gen = load_generator("arc2face", model=str(model), base_model=str(base), size=64, steps=1, batch_size=4)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    gen.pipe.unet.register_forward_pre_hook(out_of_memory)
+    with pytest.raises(FacesynthError, match=r"out of memory.*lower generator\.batch_size \(now 4\)") as info:
+        gen.generate(vectors[:4], [0, 1, 2, 3])
+    assert "\n" not in str(info.value) and not isinstance(info.value, UserInputError)
+
+
+def test_options_are_validated():
+    with pytest.raises(UserInputError, match="steps"):
+        load_generator("arc2face", steps=0)
+    with pytest.raises(UserInputError, match="multiple of 8"):
+        load_generator("arc2face", size=100)
+    with pytest.raises(UserInputError, match="schedular"):
+        load_generator("arc2face", schedular="ddim")
+
+
+def test_lcm_lora_needs_peft_and_says_so(tiny_dirs, tmp_path):
+    pytest.importorskip("safetensors")
+    from diffusers.utils import USE_PEFT_BACKEND
+    from safetensors.torch import save_file
+
+    if USE_PEFT_BACKEND:
+        pytest.skip("peft is installed")
+    model, base = tiny_dirs
+    lora = tmp_path / "lcm"
+    lora.mkdir()
+    save_file(
+        {"lora_unet_conv_in.lora_down.weight": torch.zeros(4, 4, 1, 1)},
+        lora / "pytorch_lora_weights.safetensors",
+    )
+    with pytest.raises(FacesynthError, match="pip install peft"):
+        load_generator("arc2face", model=str(model), base_model=str(base), lcm_lora=str(lora), size=64)
+
+
+def test_real_hub_layout_is_requested(monkeypatch):
+    """The Hub download asks for exactly the published folders, and only those we load."""
+    from facesynth.generators import checkpoints
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        raise OSError("offline")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(ModelNotFoundError, match="--revision abc123"):
+        checkpoints.resolve_checkpoint(
+            "FoivosPar/Arc2Face", "abc123", checkpoints.ARC2FACE_LAYOUT, "generator.model"
+        )
+    assert calls == [("FoivosPar/Arc2Face", "abc123", ("arc2face/*", "encoder/*"))]

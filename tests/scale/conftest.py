@@ -1,0 +1,30 @@
+"""Session fixtures of the scale-out tests: the one-process reference run every other run must equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scale_helpers import OVERRIDES, SMOKE, read_all
+
+import facesynth
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted one-process run (one torch thread, like the distributed workers)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("reference") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        facesynth.run(SMOKE, out=out, overrides=OVERRIDES, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_tables(reference: Path) -> dict[str, object]:
+    return read_all(reference)

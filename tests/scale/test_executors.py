@@ -1,0 +1,167 @@
+"""accelerate, Ray and Slurm runs equal the one-process run; kills and reruns end with every unit once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scale_helpers import OVERRIDES, SMOKE, free_port, read_all
+
+import facesynth
+from facesynth import layout
+from facesynth.cli import main
+from facesynth.errors import UserInputError
+from facesynth.executors.slurm import SlurmExecutor, array_task, task_units
+from facesynth.hub import upload_plan
+from facesynth.recipe import load_recipe
+
+SETS = [arg for item in OVERRIDES for arg in ("--set", item)]
+
+
+def _facesynth(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "facesynth.cli", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_equals_one_process(tmp_path: Path, reference_tables: dict) -> None:
+    out = tmp_path / "out"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "facesynth.cli", "run", str(SMOKE), "--out", str(out), *SETS,
+        "--set", "executor.name=accelerate", "--set", "executor.torch_threads=1", "--no-progress",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # both ranks worked, on disjoint halves of the units
+    ran = {}
+    for line in result.stderr.splitlines():
+        if "ran units" in line:
+            rank = int(line.split("process ")[1].split()[0])
+            ran[rank] = json.loads(line.split("ran units ")[1])
+    assert sorted(ran) == [0, 1]
+    assert sorted(ran[0] + ran[1]) == list(range(8)) and ran[0] and ran[1]
+    assert read_all(out) == reference_tables
+
+
+@pytest.mark.slow
+def test_ray_local_cluster_two_workers_equals_one_process(
+    tmp_path: Path, reference_tables: dict, capfd: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    options = ["executor.name=ray", "executor.local_cpus=2", "executor.workers=2", "executor.torch_threads=1"]
+    stats = facesynth.run(SMOKE, out=out, overrides=OVERRIDES + options, progress=False)
+    assert "ray ran 8 unit(s) on 2 worker(s)" in capfd.readouterr().err
+    assert stats["units"] == 8
+    assert read_all(out) == reference_tables
+
+
+def _slurm_task(out: Path, task: int, count: int = 3) -> subprocess.Popen:
+    env = {
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_COUNT": str(count),
+    }
+    return _facesynth(
+        "run", str(SMOKE), "--out", str(out), *SETS, "--set", "executor.name=slurm",
+        "--set", "executor.torch_threads=1", "--no-progress", env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_slurm_array_racing_tasks_one_killed_mid_unit_then_rerun_and_finalize(
+    tmp_path: Path, reference_tables: dict, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    # three tasks start together on an empty folder: they race to prepare it
+    tasks = [_slurm_task(out, k) for k in range(3)]
+    killed = tasks[1]
+    first, second = task_units(8, 1, 3)[:2]  # task 1 runs units 1, 4, 7
+    deadline = time.monotonic() + 240
+    while not layout.unit_done_marker(out, first).exists():
+        assert killed.poll() is None, killed.stderr.read() if killed.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(killed.pid, signal.SIGKILL)  # now busy with its second unit
+    killed.wait()
+    for proc in (tasks[0], tasks[2]):
+        assert proc.wait(timeout=240) == 0, proc.stderr.read() if proc.stderr else ""
+    assert not layout.unit_done_marker(out, second).exists()
+    assert not (out / layout.DATA).exists(), "array tasks never finalize"
+
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["state"] == "in progress" and info["units_done"] == 6 and info["units_pending"] == 2
+    assert main(["finalize", str(out)]) == 2
+    assert "2 of 8 units are not finished" in capsys.readouterr().err
+    with pytest.raises(UserInputError, match="not finalized"):
+        upload_plan(out)
+
+    rerun = _slurm_task(out, 1)
+    assert rerun.wait(timeout=240) == 0, rerun.stderr.read() if rerun.stderr else ""
+    assert "finished units [1, 4, 7]; 0 unit(s)" in (rerun.stderr.read() if rerun.stderr else "")
+    assert main(["finalize", str(out)]) == 0
+    assert read_all(out) == reference_tables
+    before = read_all(out)
+    assert main(["finalize", str(out)]) == 0  # idempotent
+    assert read_all(out) == before
+
+
+def test_array_task_from_slurm_environment() -> None:
+    assert array_task({}) is None
+    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "3"}
+    assert array_task(env) == (1, 3)
+    with pytest.raises(UserInputError, match="outside"):
+        array_task({**env, "SLURM_ARRAY_TASK_ID": "9"})
+    # every unit belongs to exactly one task
+    units = [u for k in range(3) for u in task_units(10, k, 3)]
+    assert sorted(units) == list(range(10))
+
+
+def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
+    tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stand-in `sbatch` binary: records its arguments, prints a job id like `sbatch --parsable`
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nwc -l < {calls} | tr -d " "\n')
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+
+    out = tmp_path / "out"
+    recipe = load_recipe(
+        SMOKE, [*OVERRIDES, "executor.name=slurm", "executor.tasks=3", "executor.gpus_per_task=1"]
+    )
+    assert facesynth.run(recipe, out=out, progress=False) == {}
+    array = (out / ".slurm" / "array.sbatch").read_text()
+    assert "#SBATCH --array=0-2" in array and "#SBATCH --gres=gpu:1" in array
+    assert f"-m facesynth.cli run {out / 'recipe.yaml'} --out {out} --executor slurm" in array
+    assert f"-m facesynth.cli finalize {out}" in (out / ".slurm" / "finalize.sbatch").read_text()
+    lines = calls.read_text().splitlines()
+    assert lines == [
+        f"--parsable {out / '.slurm' / 'array.sbatch'}",
+        f"--parsable --dependency=afterok:1 {out / '.slurm' / 'finalize.sbatch'}",
+    ]
+    # prepared once on the submitting node: the tasks find the same bank
+    assert (
+        json.loads((out / layout.RUN).read_text())["bank_sha256"]
+        == json.loads((reference / layout.RUN).read_text())["bank_sha256"]
+    )
+    assert SlurmExecutor.Options().cpus_per_task == 4
