@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def render_card(recipe: Recipe, features: Features, stats: dict[str, Any]) -> st
     )
     dropped = stats["identities_dropped_dataset_wide"]
     recipe_yaml = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    generator_json = json.dumps(stats.get("generator"), indent=2, sort_keys=True)
     rate = "-" if stats["pass_rate"] is None else f"{stats['pass_rate']:.1%}"
     summary = _table(
         [
@@ -101,6 +103,12 @@ and the reason an identity was dropped; `rejected.parquet` lists every rejected 
 {pass_rates}
 
 Identities dropped by dataset-wide checks: {len(dropped)}.
+
+## Generator
+
+```json
+{generator_json}
+```
 
 ## Reproducing a row
 

@@ -108,7 +108,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from facesynth.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    try:
+        data = yaml.safe_load(Path(args.recipe).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None  # load_recipe below reports it properly
+    # A recipe with neither identities nor generator is a filter-only recipe (`facesynth filter`).
+    filter_only = isinstance(data, dict) and not {"identities", "generator"} & set(data)
+    recipe = load_recipe(args.recipe, args.overrides, need_generation=not filter_only)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
     print(f"# recipe OK (hash {recipe.content_hash()})", file=sys.stderr)
     return 0

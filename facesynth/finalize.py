@@ -205,6 +205,7 @@ def _stats(
     return {
         "facesynth_version": __version__,
         "recipe_name": recipe.name,
+        "generator": units[0].get("generator") if units else None,  # what made the images, as loaded
         "recipe_hash": run["recipe_hash"],
         "bank_sha256": run["bank_sha256"],
         "identities_planned": run["num_identities"],

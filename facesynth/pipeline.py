@@ -263,7 +263,12 @@ def run_unit(worker: Worker, unit: int, on_round: Callable[[int, int], None] | N
         generator_seconds=generator_seconds,
         timings={"filters": state.filter_seconds, "encode": state.encode_seconds},
     )
-    layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), result.__dict__)
+    describe = getattr(worker.generator, "describe", None)
+    marker = {
+        **result.__dict__,
+        "generator": describe() if describe else {"generator": worker.generator.name},
+    }
+    layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), marker)
     return result
 
 

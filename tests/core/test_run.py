@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
+from outputs import read_all
 
 import facesynth
 from facesynth import layout
@@ -28,17 +29,6 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("smoke") / "out"
     stats = facesynth.run(SMOKE, out=out, progress=False)
     return out, stats
-
-
-def _read_all(out: Path) -> dict[str, object]:
-    """Every published table of an output, for exact comparison between runs."""
-    shards = sorted((out / "data").glob("*.parquet"))
-    return {
-        "names": [p.name for p in shards],
-        "data": [pq.read_table(p).to_pylist() for p in shards],
-        "identities": pq.read_table(out / layout.IDENTITIES).to_pylist(),
-        "rejected": pq.read_table(out / layout.REJECTED).to_pylist(),
-    }
 
 
 def test_smoke_dataset_loads_with_datasets(smoke: tuple[Path, dict]) -> None:
@@ -73,34 +63,45 @@ def test_rerun_on_finished_output_is_a_no_op_and_other_recipe_is_refused(
     smoke: tuple[Path, dict], capsys: pytest.CaptureFixture
 ) -> None:
     out, stats = smoke
-    before = _read_all(out)
+    before = read_all(out)
     assert main(["run", str(SMOKE), "--out", str(out), "--no-progress"]) == 0
-    assert _read_all(out) == before
+    assert read_all(out) == before
     assert main(["run", str(SMOKE), "--out", str(out), "--set", "seed=7", "--no-progress"]) == 2
     assert "different recipe" in capsys.readouterr().err
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images_kept"] == stats["images_kept"]
 
 
+def _start_and_stop_after(cmd: list[str], out: Path, units_done: int, sig: int) -> subprocess.Popen:
+    """Start a run and send ``sig`` once ``units_done`` units are finished."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while len(list((out / layout.UNITS).glob("unit-*[0-9].json"))) < units_done:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    return proc
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
-    args = ["--set", "identities.count=32", "--no-progress"]
+def test_ctrl_c_then_sigkill_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     facesynth.run(SMOKE, out=reference, overrides=["identities.count=32"], progress=False)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "facesynth.cli", "run", str(SMOKE), "--out", str(out), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list((out / layout.UNITS).glob("unit-*.json")):
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cmd = [sys.executable, "-m", "facesynth.cli", "run", str(SMOKE), "--out", str(out)]
+    cmd += ["--set", "identities.count=32", "--no-progress"]
+    interrupted = _start_and_stop_after(cmd, out, 1, signal.SIGINT)
+    err = interrupted.stderr.read().strip().splitlines() if interrupted.stderr else []
+    assert interrupted.returncode == 1 and "interrupted" in err[-1] and "Traceback" not in "\n".join(err)
+
+    killed = _start_and_stop_after(cmd, out, 3, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
     assert not (out / "data").exists(), "nothing is published before finalize"
     done_before = len(list((out / layout.UNITS).glob("unit-*[0-9].json")))
-    assert 1 <= done_before < 8
+    assert 3 <= done_before < 8
 
     info = subprocess.run(
         [sys.executable, "-m", "facesynth.cli", "info", str(out), "--json"], capture_output=True, text=True
@@ -109,4 +110,4 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None
 
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert _read_all(out) == _read_all(reference)
+    assert read_all(out) == read_all(reference)
