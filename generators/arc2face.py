@@ -36,6 +36,7 @@ from facesynth.generators.checkpoints import (
     out_of_memory_error,
     pick_device,
     pick_dtype,
+    require_peft,
     resolve_checkpoint,
     single_file_layout,
     snapshot_commit,
@@ -260,16 +261,12 @@ class Arc2FaceGenerator:
         ).input_ids.to(self.device)
 
     def _load_lcm_lora(self) -> None:
+        require_peft("generator.lcm_lora", "LCM-LoRA")  # before any download
         source = LCM_LORA if self.options.lcm_lora is True else str(self.options.lcm_lora)
         layout = single_file_layout(LCM_LORA_FILE, f"an LCM-LoRA folder ({LCM_LORA_FILE})")
         self.lcm_lora_dir = resolve_checkpoint(source, None, layout, "generator.lcm_lora")
-        try:
-            self.pipe.load_lora_weights(self.lcm_lora_dir, weight_name=LCM_LORA_FILE)
-        except ValueError as exc:
-            if "PEFT" in str(exc):
-                raise FacesynthError("generator.lcm_lora needs the peft package: pip install peft") from None
-            raise
-        self.pipe.fuse_lora()
+        self.pipe.load_lora_weights(self.lcm_lora_dir, weight_name=LCM_LORA_FILE)
+        self.pipe.fuse_lora()  # merged into the UNet weights: no LoRA cost per step
 
     def describe(self) -> dict[str, Any]:
         """What the dataset card records about how the images were made."""

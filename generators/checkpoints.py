@@ -175,6 +175,17 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
 
 
+def require_peft(option: str, what: str) -> None:
+    """Raise unless diffusers can apply LoRAs, which it does through peft (a facesynth dependency)."""
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    if not USE_PEFT_BACKEND:
+        raise FacesynthError(
+            f"{option}: {what} needs the peft package (a facesynth dependency), which is not installed or too "
+            "old: pip install -U peft"
+        )
+
+
 def check_vectors(vectors: Any, seeds: Any, dim: int, generator: str) -> Any:
     """Validate the ``generate`` inputs; returns float32 [N, dim] as a numpy array."""
     import numpy as np

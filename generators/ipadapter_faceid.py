@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from pydantic import Field, field_validator
 
-from facesynth.errors import FacesynthError, UserInputError
+from facesynth.errors import UserInputError
 from facesynth.generators.arc2face import (
     SchedulerName,
     initial_latents,
@@ -32,6 +32,7 @@ from facesynth.generators.checkpoints import (
     out_of_memory_error,
     pick_device,
     pick_dtype,
+    require_peft,
     resolve_checkpoint,
     single_file_layout,
     snapshot_commit,
@@ -149,8 +150,6 @@ class IPAdapterFaceIDGenerator:
             self.negative_embeds = self._encode([options.negative_prompt])
 
     def _load_adapter(self) -> None:
-        from diffusers.utils import USE_PEFT_BACKEND
-
         path = self.adapter_dir / self.options.weight_name
         state = load_adapter_state(path)
         if not {"image_proj", "ip_adapter"} <= set(state):
@@ -162,13 +161,9 @@ class IPAdapterFaceIDGenerator:
                 f"generator.adapter: {path} is not an IP-Adapter FaceID file (its image projection takes "
                 "CLIP image features, not a face vector); use ip-adapter-faceid_sd15.bin"
             )
-        has_lora = any("_lora." in key for key in state["ip_adapter"])
-        if has_lora and not USE_PEFT_BACKEND:
+        if any("_lora." in key for key in state["ip_adapter"]):
             # Without peft diffusers only logs a warning and drops the FaceID LoRA: never do that silently.
-            raise FacesynthError(
-                f"generator.adapter: {self.options.weight_name} includes FaceID LoRA weights, which diffusers "
-                "applies through peft: pip install peft"
-            )
+            require_peft("generator.adapter", f"the FaceID LoRA in {self.options.weight_name}")
         self.pipe.load_ip_adapter(
             state, subfolder=None, weight_name=self.options.weight_name, image_encoder_folder=None
         )

@@ -6,7 +6,9 @@ style base folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
 ``scheduler/``) and an Arc2Face style folder (``arc2face/`` UNet, ``encoder/`` text encoder).
 ``TinyGenerator`` builds them once into a cache folder and then runs the ``arc2face`` generator
 on them, so the smoke test exercises the same loading and sampling code as the real model.
-``build_tiny_ipadapter`` writes an IP-Adapter FaceID weight file in the h94 layout.
+``build_tiny_ipadapter`` writes an IP-Adapter FaceID weight file in the h94 layout (optionally
+with its FaceID LoRA) and ``build_tiny_lcm_lora`` an LCM-LoRA file in the layout of
+``latent-consistency/lcm-lora-sdv1-5``.
 """
 
 from __future__ import annotations
@@ -213,7 +215,9 @@ def build_tiny_ipadapter(base_dir: Path, out_dir: Path, *, loras: bool = False) 
     The file is a torch pickle ``{"image_proj": ..., "ip_adapter": ...}``: an MLP from the 512-d
     face vector to 4 tokens (``proj.0``, ``proj.2``, ``norm``) and per cross-attention ``to_k_ip``
     / ``to_v_ip``, keyed by attention-processor index like the published file. With ``loras``
-    the per-processor FaceID LoRA weights are included too (loading them needs peft).
+    the FaceID LoRA of every attention processor is included too, as in ``ip-adapter-faceid_sd15.bin``:
+    ``{index}.{to_q,to_k,to_v,to_out}_lora.{down,up}.weight``. The LoRA weights come from their own
+    random stream, so the rest of the file is the same with or without them.
     """
     from diffusers import UNet2DConditionModel
 
@@ -223,11 +227,16 @@ def build_tiny_ipadapter(base_dir: Path, out_dir: Path, *, loras: bool = False) 
         name: unet.get_submodule(name.rsplit(".", 1)[0]).to_q.in_features for name in unet.attn_processors
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    lora_stream = torch.Generator().manual_seed(TINY_CONFIG["seed"] + 2)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_CONFIG["seed"] + 1)
 
         def w(*shape: int) -> torch.Tensor:
             return torch.randn(*shape) * 0.02
+
+        def lora(*shape: int) -> torch.Tensor:
+            # Large enough to move the tiny model's pixels visibly.
+            return torch.randn(*shape, generator=lora_stream) * 0.1
 
         image_proj = {
             "proj.0.weight": w(512 * mult, 512),
@@ -246,10 +255,64 @@ def build_tiny_ipadapter(base_dir: Path, out_dir: Path, *, loras: bool = False) 
             if loras:
                 kv_in = cross if is_cross else width
                 for part, fan_in in (("to_q", width), ("to_k", kv_in), ("to_v", kv_in), ("to_out", width)):
-                    ip_adapter[f"{index}.{part}_lora.down.weight"] = w(rank, fan_in)
-                    ip_adapter[f"{index}.{part}_lora.up.weight"] = torch.zeros(width, rank)
+                    ip_adapter[f"{index}.{part}_lora.down.weight"] = lora(rank, fan_in)
+                    ip_adapter[f"{index}.{part}_lora.up.weight"] = lora(width, rank)
     path = out_dir / "ip-adapter-faceid_sd15.bin"
     torch.save({"image_proj": image_proj, "ip_adapter": ip_adapter}, path)
+    return path
+
+
+# The UNet layers that diffusers' LCM-LoRA distillation script (train_lcm_distill_lora_sd_wds.py) trains.
+LCM_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
+
+
+def build_tiny_lcm_lora(unet_dir: Path, out_dir: Path, *, rank: int = 4, alpha: float = 8.0) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` for the UNet in ``unet_dir`` (a UNet folder).
+
+    The layout is that of ``latent-consistency/lcm-lora-sdv1-5``: kohya-style flat keys
+    ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` for
+    every layer in ``LCM_LORA_TARGETS``; convolutions get a kxk down and a 1x1 up convolution.
+    The weights are fixed random numbers: they make the UNet different, not consistent.
+    """
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    stream = torch.Generator().manual_seed(TINY_CONFIG["seed"] + 3)
+
+    def lora(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=stream) * 0.1
+
+    state: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not any(name == t or name.endswith("." + t) for t in LCM_LORA_TARGETS):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(module, torch.nn.Conv2d):
+            state[f"{key}.lora_down.weight"] = lora(rank, module.in_channels, *module.kernel_size)
+            state[f"{key}.lora_up.weight"] = lora(module.out_channels, rank, 1, 1)
+        else:
+            state[f"{key}.lora_down.weight"] = lora(rank, module.in_features)
+            state[f"{key}.lora_up.weight"] = lora(module.out_features, rank)
+        state[f"{key}.alpha"] = torch.tensor(alpha)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "pytorch_lora_weights.safetensors"
+    save_file(state, path)
     return path
 
 
@@ -306,4 +369,11 @@ class TinyGenerator:
         return self.inner.generate(vectors, seeds, prompts)
 
 
-__all__ = ["ID_PROMPT", "TinyGenerator", "build_tiny_checkpoints", "build_tiny_ipadapter", "tiny_config_hash"]
+__all__ = [
+    "ID_PROMPT",
+    "TinyGenerator",
+    "build_tiny_checkpoints",
+    "build_tiny_ipadapter",
+    "build_tiny_lcm_lora",
+    "tiny_config_hash",
+]

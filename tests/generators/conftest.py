@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facesynth.generators import load_generator
-from facesynth.generators.tiny import build_tiny_checkpoints, build_tiny_ipadapter
+from facesynth.generators.tiny import build_tiny_checkpoints, build_tiny_ipadapter, build_tiny_lcm_lora
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,22 @@ def ipadapter(tiny_dirs: tuple[Path, Path], ipadapter_dir: Path):
         steps=3,
         batch_size=8,
     )
+
+
+@pytest.fixture(scope="session")
+def faceid_lora_dir(tiny_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same adapter as ``ipadapter_dir`` plus its FaceID LoRA, as in ip-adapter-faceid_sd15.bin."""
+    folder = tmp_path_factory.mktemp("ip-adapter-lora")
+    build_tiny_ipadapter(tiny_dirs[1], folder, loras=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lcm_lora_dir(tiny_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder like latent-consistency/lcm-lora-sdv1-5, for the tiny Arc2Face UNet."""
+    folder = tmp_path_factory.mktemp("lcm-lora")
+    build_tiny_lcm_lora(tiny_dirs[0] / "arc2face", folder)
+    return folder
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from facesynth.errors import FacesynthError, ModelNotFoundError, UserInputError
 from facesynth.generators import load_generator
@@ -154,22 +155,46 @@ def test_options_are_validated():
         load_generator("arc2face", schedular="ddim")
 
 
-def test_lcm_lora_needs_peft_and_says_so(tiny_dirs, tmp_path):
-    pytest.importorskip("safetensors")
-    from diffusers.utils import USE_PEFT_BACKEND
-    from safetensors.torch import save_file
+def test_lcm_lora_file_has_the_published_layout(lcm_lora_dir):
+    """Kohya-style keys, as diffusers' LCM-LoRA distillation script saves them."""
+    state = load_file(lcm_lora_dir / "pytorch_lora_weights.safetensors")
+    modules = {key.split(".")[0] for key in state}
+    assert all(name.startswith("lora_unet_") for name in modules)
+    assert {key.split(".", 1)[1] for key in state} == {"lora_down.weight", "lora_up.weight", "alpha"}
+    attn = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert state[f"{attn}.lora_down.weight"].shape == (4, 32) and state[f"{attn}.alpha"].ndim == 0
+    assert state[f"{conv}.lora_down.weight"].shape == (4, 32, 3, 3)
+    assert state[f"{conv}.lora_up.weight"].shape == (32, 4, 1, 1)
+    assert "lora_unet_down_blocks_0_resnets_0_time_emb_proj.alpha" in state
+    assert "lora_unet_up_blocks_0_upsamplers_0_conv.lora_up.weight" in state
 
-    if USE_PEFT_BACKEND:
-        pytest.skip("peft is installed")
+
+@pytest.mark.slow
+def test_lcm_lora_fast_mode_applies_every_layer_is_batch_invariant_and_changes_images(
+    tiny_dirs, lcm_lora_dir, vectors
+):
+    from diffusers import LCMScheduler
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     model, base = tiny_dirs
-    lora = tmp_path / "lcm"
-    lora.mkdir()
-    save_file(
-        {"lora_unet_conv_in.lora_down.weight": torch.zeros(4, 4, 1, 1)},
-        lora / "pytorch_lora_weights.safetensors",
-    )
-    with pytest.raises(FacesynthError, match="pip install peft"):
-        load_generator("arc2face", model=str(model), base_model=str(base), lcm_lora=str(lora), size=64)
+    common = {"model": str(model), "base_model": str(base), "size": 64, "batch_size": 4}
+    fast = load_generator("arc2face", lcm_lora=str(lcm_lora_dir), **common)
+    info = fast.describe()
+    assert (info["scheduler"], info["steps"], info["guidance"]) == ("lcm", 4, 1.0)
+    assert isinstance(fast.pipe.scheduler, LCMScheduler) and info["lcm_lora"] == str(lcm_lora_dir.resolve())
+    # every LoRA of the file became a (fused) peft layer of the UNet: none was dropped by key conversion
+    modules = {key.split(".")[0] for key in load_file(lcm_lora_dir / "pytorch_lora_weights.safetensors")}
+    layers = [m for m in fast.pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert len(layers) == len(modules) and all(layer.merged for layer in layers)
+
+    seeds = [31, 32, 33, 34]
+    batch = as_arrays(fast.generate(vectors[:4], seeds))
+    for i in (0, 3):
+        assert np.array_equal(np.asarray(fast.generate(vectors[i : i + 1], [seeds[i]])[0]), batch[i])
+    plain = load_generator("arc2face", scheduler="lcm", steps=4, guidance=1.0, **common)
+    without = as_arrays(plain.generate(vectors[:4], seeds))
+    assert all(np.abs(a.astype(int) - b).mean() > 1 for a, b in zip(batch, without, strict=True))
 
 
 def test_real_hub_layout_is_requested(monkeypatch):
