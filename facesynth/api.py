@@ -25,7 +25,8 @@ def run(
 
     recipe = load_recipe(recipe, overrides)
     spec = recipe.executor
-    name, options = (executor, {}) if executor else (spec.name, spec.options)
+    name = executor or spec.name
+    options = spec.options if name == spec.name else {}
     runner = EXECUTORS.create(name, **options)
     return runner.execute(recipe, output_dir(recipe, out), overwrite=overwrite, progress=progress)
 

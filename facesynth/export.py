@@ -300,12 +300,12 @@ def export(
         raise UserInputError(
             f"{out} is not a finished dataset (no {layout.STATS}); finish it with `facesynth run`"
         )
+    if dest == out or out in dest.parents or dest in out.parents:
+        raise UserInputError(f"export to a folder that neither holds nor is inside the dataset {out}")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise UserInputError(
             f"{dest} exists and is not empty; choose another destination or pass --overwrite"
         )
-    if dest == out or out in dest.parents:
-        raise UserInputError("export into a folder outside the dataset folder")
     stats = layout.read_json(out / layout.STATS)
     seed = load_recipe(out / layout.RECIPE).seed
     num_images, num_labels = stats["images_kept"], stats["identities_kept"]

@@ -20,7 +20,7 @@ from datasets import Features, Sequence, Value
 
 from facesynth import __version__, layout
 from facesynth.card import write_card
-from facesynth.errors import UserInputError
+from facesynth.errors import FacesynthError, UserInputError
 from facesynth.recipe import load_recipe
 from facesynth.runner import read_run
 from facesynth.writer import ParquetShardWriter, dataset_features, rejected_features, write_table
@@ -50,6 +50,24 @@ def _read_units(out: Path, num_units: int) -> list[dict[str, Any]]:
     return [layout.read_json(layout.unit_done_marker(out, u)) for u in range(num_units)]
 
 
+def _check_exactly_once(out: Path, units: list[dict[str, Any]], tables: list[pa.Table]) -> None:
+    """Each identity in one unit only, and each unit's shard holding the rows its done-marker counted.
+
+    Catches folders mixed from different runs or workers (e.g. files copied in by hand).
+    """
+    ids = np.concatenate([t["identity"].to_numpy() for t in tables]) if tables else np.array([])
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise FacesynthError(f"identity {int(unique[counts > 1][0])} is in more than one unit of {out}")
+    for u, marker in enumerate(units):
+        rows = pq.ParquetFile(layout.unit_stem(out, u).with_suffix(".parquet")).metadata.num_rows
+        if marker.get("rows") is not None and rows != marker["rows"]:
+            raise FacesynthError(
+                f"unit {u} of {out} has {rows} rows but its done-marker counted {marker['rows']}; delete "
+                f"{layout.unit_done_marker(out, u).name} in {layout.UNITS}/ and rerun to redo the unit"
+            )
+
+
 def finalize(out: str | Path) -> dict[str, Any]:
     """Merge the finished units of ``out`` into ``data/``, side tables, ``README.md`` and ``stats.json``."""
     out = Path(out).resolve()
@@ -70,6 +88,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
     tables = [
         pq.read_table(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))
     ]
+    _check_exactly_once(out, units, tables)
     identities = pa.concat_tables(
         [t.select(["identity", "name", "images_kept", "attempts", "drop_reason"]) for t in tables]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,17 @@ def shard_name(index: int, count: int) -> str:
     return f"{DATA}/train-{index:05d}-of-{count:05d}.parquet"
 
 
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path``, unique per host and process (workers may share a filesystem)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -21,6 +21,7 @@ from datasets import Features, Image, Value
 from PIL import Image as PILImage
 
 from facesynth.errors import FacesynthError
+from facesynth.layout import temporary_name
 
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -91,7 +92,7 @@ class ParquetShardWriter:
         self.schema = features.arrow_schema
         self.row_group_bytes = row_group_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._tmp = temporary_name(self.path)
         self._writer = pq.ParquetWriter(self._tmp, self.schema, **_write_options(features))
         self._rows: list[dict[str, Any]] = []
         self._bytes = 0

@@ -109,6 +109,8 @@ class SlurmExecutor:
         tasks = min(o.tasks or min(num_units, 64), num_units)
         logs = out / SCRIPTS / "logs"
         python = shlex.quote(sys.executable)
+        # --executor would replace the recipe's executor options by defaults: only name it if needed
+        executor = "" if recipe.executor.name == "slurm" else " --executor slurm"
         common = [f"#SBATCH --time={o.time}", *(f"#SBATCH {arg}" for arg in o.sbatch_args)]
         if o.partition:
             common.append(f"#SBATCH --partition={o.partition}")
@@ -123,7 +125,7 @@ class SlurmExecutor:
             *common,
             f"cd {shlex.quote(os.getcwd())}",
             f"exec {python} -m facesynth.cli run {shlex.quote(str(out / layout.RECIPE))} "
-            f"--out {shlex.quote(str(out))} --executor slurm --no-progress",
+            f"--out {shlex.quote(str(out))}{executor} --no-progress",
         ]
         final = [
             "#!/bin/bash",

@@ -111,3 +111,23 @@ def test_ctrl_c_then_sigkill_then_rerun_equals_uninterrupted(tmp_path: Path) -> 
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert read_all(out) == read_all(reference)
+
+
+def test_identities_below_minimum_are_dropped_and_labels_stay_dense(tmp_path: Path) -> None:
+    # A strict blur threshold: most tiny images fail, so some identities cannot reach 3 of 4 in 8 attempts.
+    overrides = ["identities.count=8", "filters.0.min_blur=240", "output.identities_per_unit=8"]
+    stats = facesynth.run(SMOKE, out=tmp_path, overrides=overrides, progress=False)
+    identities = pq.read_table(tmp_path / layout.IDENTITIES).to_pylist()
+    dropped = [r for r in identities if r["label"] == -1]
+    kept = [r for r in identities if r["label"] >= 0]
+    assert dropped and kept, "the threshold should drop some identities and keep others"
+    assert all("attempts" in r["drop_reason"] and r["attempts"] == 8 for r in dropped)
+    assert sorted(r["label"] for r in kept) == list(range(len(kept)))
+    rows = [row for p in sorted((tmp_path / "data").glob("*.parquet")) for row in pq.read_table(p).to_pylist()]
+    assert {r["identity"] for r in rows} == {r["identity"] for r in kept}
+    assert all(r["quality_blur"] >= 240 for r in rows)
+    rejected = pq.read_table(tmp_path / layout.REJECTED).to_pylist()
+    assert rejected and all(r["rejected_by"] == "quality" and r["quality_blur"] < 240 for r in rejected)
+    generated = stats["images_generated"]
+    assert stats["filter_pass_rates"]["quality"] == pytest.approx((generated - len(rejected)) / generated)
+    assert stats["images_kept"] == len(rows) < generated - len(rejected)  # dropped identities' images go too

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from scale_helpers import OVERRIDES, SMOKE, read_all
+from outputs import read_all
+from scale_helpers import OVERRIDES, SMOKE
 
 import facesynth
 

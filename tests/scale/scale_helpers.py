@@ -5,25 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from facesynth import layout
-
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
 # 16 identities in 8 units of 2: enough units for two workers, three array tasks and a kill mid-run.
 OVERRIDES = ["identities.count=16", "output.identities_per_unit=2"]
-
-
-def read_all(out: Path) -> dict[str, object]:
-    """Every published table of an output, for exact comparison between runs."""
-    shards = sorted((out / layout.DATA).glob("*.parquet"))
-    return {
-        "names": [p.name for p in shards],
-        "data": [pq.read_table(p).to_pylist() for p in shards],
-        "identities": pq.read_table(out / layout.IDENTITIES).to_pylist(),
-        "rejected": pq.read_table(out / layout.REJECTED).to_pylist(),
-    }
 
 
 def free_port() -> int:

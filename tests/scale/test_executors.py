@@ -12,15 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from scale_helpers import OVERRIDES, SMOKE, free_port, read_all
+import yaml
+from outputs import read_all
+from scale_helpers import OVERRIDES, SMOKE, free_port
 
 import facesynth
 from facesynth import layout
 from facesynth.cli import main
 from facesynth.errors import UserInputError
 from facesynth.executors.slurm import SlurmExecutor, array_task, task_units
+from facesynth.filters import FILTERS
 from facesynth.hub import upload_plan
 from facesynth.recipe import load_recipe
+from facesynth.registry import StrictOptions
 
 SETS = [arg for item in OVERRIDES for arg in ("--set", item)]
 
@@ -71,25 +75,31 @@ def test_ray_local_cluster_two_workers_equals_one_process(
     assert read_all(out) == reference_tables
 
 
-def _slurm_task(out: Path, task: int, count: int = 3) -> subprocess.Popen:
-    env = {
+def _slurm_env(task: int, count: int = 3) -> dict[str, str]:
+    return {
         "SLURM_ARRAY_TASK_ID": str(task),
         "SLURM_ARRAY_TASK_MIN": "0",
         "SLURM_ARRAY_TASK_COUNT": str(count),
     }
-    return _facesynth(
-        "run", str(SMOKE), "--out", str(out), *SETS, "--set", "executor.name=slurm",
-        "--set", "executor.torch_threads=1", "--no-progress", env=env,
-    )  # fmt: skip
+
+
+SLURM_ARGS = [*SETS, "--set", "executor.name=slurm", "--set", "executor.torch_threads=1", "--no-progress"]
+
+
+def _slurm_task_in_process(out: Path, task: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    with monkeypatch.context() as m:
+        for key, value in _slurm_env(task).items():
+            m.setenv(key, value)
+        return main(["run", str(SMOKE), "--out", str(out), *SLURM_ARGS])
 
 
 @pytest.mark.slow
 def test_slurm_array_racing_tasks_one_killed_mid_unit_then_rerun_and_finalize(
-    tmp_path: Path, reference_tables: dict, capsys: pytest.CaptureFixture
+    tmp_path: Path, reference_tables: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    # three tasks start together on an empty folder: they race to prepare it
-    tasks = [_slurm_task(out, k) for k in range(3)]
+    # tasks 0 and 1 start together on an empty folder and race to prepare it; task 2 runs here
+    tasks = [_facesynth("run", str(SMOKE), "--out", str(out), *SLURM_ARGS, env=_slurm_env(k)) for k in (0, 1)]
     killed = tasks[1]
     first, second = task_units(8, 1, 3)[:2]  # task 1 runs units 1, 4, 7
     deadline = time.monotonic() + 240
@@ -99,11 +109,12 @@ def test_slurm_array_racing_tasks_one_killed_mid_unit_then_rerun_and_finalize(
         time.sleep(0.01)
     os.kill(killed.pid, signal.SIGKILL)  # now busy with its second unit
     killed.wait()
-    for proc in (tasks[0], tasks[2]):
-        assert proc.wait(timeout=240) == 0, proc.stderr.read() if proc.stderr else ""
+    assert _slurm_task_in_process(out, 2, monkeypatch) == 0
+    assert tasks[0].wait(timeout=240) == 0, tasks[0].stderr.read() if tasks[0].stderr else ""
     assert not layout.unit_done_marker(out, second).exists()
     assert not (out / layout.DATA).exists(), "array tasks never finalize"
 
+    capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["state"] == "in progress" and info["units_done"] == 6 and info["units_pending"] == 2
@@ -112,9 +123,15 @@ def test_slurm_array_racing_tasks_one_killed_mid_unit_then_rerun_and_finalize(
     with pytest.raises(UserInputError, match="not finalized"):
         upload_plan(out)
 
-    rerun = _slurm_task(out, 1)
-    assert rerun.wait(timeout=240) == 0, rerun.stderr.read() if rerun.stderr else ""
-    assert "finished units [1, 4, 7]; 0 unit(s)" in (rerun.stderr.read() if rerun.stderr else "")
+    assert _slurm_task_in_process(out, 1, monkeypatch) == 0  # the rerun of the killed task
+    assert "finished units [1, 4, 7]; 0 unit(s)" in capsys.readouterr().err
+    # a unit whose shard disagrees with its done-marker (files mixed from elsewhere) is refused
+    marker = layout.unit_done_marker(out, 5)
+    original = marker.read_text()
+    marker.write_text(json.dumps({**json.loads(original), "rows": json.loads(original)["rows"] + 1}))
+    assert main(["finalize", str(out)]) == 1
+    assert "unit 5" in capsys.readouterr().err and not (out / layout.DATA).exists()
+    marker.write_text(original)
     assert main(["finalize", str(out)]) == 0
     assert read_all(out) == reference_tables
     before = read_all(out)
@@ -152,7 +169,7 @@ def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
     assert facesynth.run(recipe, out=out, progress=False) == {}
     array = (out / ".slurm" / "array.sbatch").read_text()
     assert "#SBATCH --array=0-2" in array and "#SBATCH --gres=gpu:1" in array
-    assert f"-m facesynth.cli run {out / 'recipe.yaml'} --out {out} --executor slurm" in array
+    assert f"-m facesynth.cli run {out / 'recipe.yaml'} --out {out} --no-progress" in array
     assert f"-m facesynth.cli finalize {out}" in (out / ".slurm" / "finalize.sbatch").read_text()
     lines = calls.read_text().splitlines()
     assert lines == [
@@ -165,3 +182,49 @@ def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
         == json.loads((reference / layout.RUN).read_text())["bank_sha256"]
     )
     assert SlurmExecutor.Options().cpus_per_task == 4
+
+
+class FailWhileFlagFilter:
+    """A plug-in filter that raises on one identity while a flag file exists (a unit that crashes)."""
+
+    name = "test-fail-while-flag"
+    score_columns = ()
+
+    class Options(StrictOptions):
+        identity: int
+        flag: str
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def __call__(self, batch, context) -> None:  # noqa: ANN001 - the Filter protocol's signature
+        if Path(self.options.flag).exists() and any(c.identity == self.options.identity for c in batch):
+            raise RuntimeError(f"identity {self.options.identity} exploded")
+
+    def accept(self, candidate, context) -> None:  # noqa: ANN001
+        pass
+
+
+def test_failed_unit_is_marked_for_info_and_unmarked_when_it_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    FILTERS.register(FailWhileFlagFilter.name, FailWhileFlagFilter)
+    flag = tmp_path / "flag"
+    flag.touch()
+    data = yaml.safe_load(SMOKE.read_text())
+    data["identities"]["count"], data["output"]["identities_per_unit"] = 6, 2
+    data["filters"].append({"name": FailWhileFlagFilter.name, "identity": 3, "flag": str(flag)})
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="identity 3 exploded"):
+        facesynth.run(data, out=out, progress=False)
+    marker = json.loads((out / layout.UNITS / "unit-00001.failed.json").read_text())
+    assert marker["unit"] == 1 and "identity 3 exploded" in marker["error"] and marker["pid"] == os.getpid()
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["units_done"], info["units_failed"], info["units_pending"]) == (1, 1, 2)
+
+    flag.unlink()
+    stats = facesynth.run(data, out=out, progress=False)  # the rerun resumes at the failed unit
+    assert stats["identities_planned"] == 6 and stats["units"] == 3
+    assert not list(out.rglob("*.failed.json"))

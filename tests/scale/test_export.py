@@ -139,12 +139,17 @@ def test_webdataset_export_loads_with_datasets(reference: Path, tmp_path: Path) 
         assert example["__key__"] == f"{row['identity']:07d}_{row['attempt']:04d}"
 
 
-def test_export_refuses_an_unfinished_output(tmp_path: Path) -> None:
+def test_export_refuses_an_unfinished_output_and_a_destination_holding_the_dataset(
+    reference: Path, tmp_path: Path
+) -> None:
+    from facesynth.export import export
+
     (tmp_path / "out").mkdir()
     with pytest.raises(UserInputError, match="not a finished dataset"):
-        from facesynth.export import export
-
         export(tmp_path / "out", "recordio", tmp_path / "dest")
+    with pytest.raises(UserInputError, match="neither holds nor is inside"):
+        export(reference, "imagefolder", reference.parent, overwrite=True)  # would delete the dataset
+    assert (reference / layout.STATS).exists()
 
 
 # ----------------------------------------------------------------------------- Hub upload plan
