@@ -123,7 +123,9 @@ def test_identities_below_minimum_are_dropped_and_labels_stay_dense(tmp_path: Pa
     assert dropped and kept, "the threshold should drop some identities and keep others"
     assert all("attempts" in r["drop_reason"] and r["attempts"] == 8 for r in dropped)
     assert sorted(r["label"] for r in kept) == list(range(len(kept)))
-    rows = [row for p in sorted((tmp_path / "data").glob("*.parquet")) for row in pq.read_table(p).to_pylist()]
+    rows = [
+        row for p in sorted((tmp_path / "data").glob("*.parquet")) for row in pq.read_table(p).to_pylist()
+    ]
     assert {r["identity"] for r in rows} == {r["identity"] for r in kept}
     assert all(r["quality_blur"] >= 240 for r in rows)
     rejected = pq.read_table(tmp_path / layout.REJECTED).to_pylist()
