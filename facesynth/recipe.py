@@ -331,5 +331,12 @@ def load_recipe(
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    """JSON Schema of recipes, for editors (component options are listed per built-in name)."""
-    return Recipe.model_json_schema()
+    """JSON Schema of recipes, for editors (the ``identities`` section is the bank's own schema)."""
+    from facesynth.identity.bank import BankOptions
+
+    schema = Recipe.model_json_schema()
+    bank = BankOptions.model_json_schema()
+    schema.setdefault("$defs", {}).update(bank.pop("$defs", {}))
+    schema["$defs"]["BankOptions"] = bank
+    schema["properties"]["identities"] = {"anyOf": [{"$ref": "#/$defs/BankOptions"}, {"type": "null"}]}
+    return schema

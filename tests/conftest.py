@@ -11,8 +11,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the subprocesses the t
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _torch_threads() -> None:
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models gain nothing from threads, and CI has two cores shared with subprocesses."""
     import torch
 
-    torch.set_num_threads(1)  # CI has 2 cores, shared with data loading and subprocesses
+    torch.set_num_threads(1)

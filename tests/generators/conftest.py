@@ -61,14 +61,3 @@ def lcm_lora_dir(tiny_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPath
 @pytest.fixture
 def vectors() -> np.ndarray:
     return np.random.default_rng(7).normal(size=(8, 512)).astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and CI machines are shared: run them on one."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

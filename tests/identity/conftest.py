@@ -25,14 +25,3 @@ def astronaut_folder(tmp_path_factory: pytest.TempPathFactory):
     for name, picture in variants.items():
         picture.save(folder / f"{name}.jpg", quality=92)
     return root
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Other test suites share this machine's two cores; one thread avoids oversubscription stalls."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

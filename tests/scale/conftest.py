@@ -13,16 +13,9 @@ import facesynth
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted one-process run (one torch thread, like the distributed workers)."""
-    import torch
-
+    """The uninterrupted one-process run (one torch thread, as tests/conftest.py sets)."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        facesynth.run(SMOKE, out=out, overrides=OVERRIDES, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    facesynth.run(SMOKE, out=out, overrides=OVERRIDES, progress=False)
     return out
 
 
