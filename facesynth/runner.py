@@ -134,11 +134,7 @@ def _build_or_load_bank(recipe: Recipe, out: Path, progress: bool) -> Any:
     if path.exists():
         return IdentityBank.load(path)
     options = recipe.bank_options()
-    bank = (
-        IdentityBank.load(options.bank)
-        if options.bank
-        else build_bank(options, recipe.seed, progress=progress)
-    )
+    bank = build_bank(options, recipe.seed, progress=progress)  # a prebuilt `bank:` is checked, not trusted
     bank.save(path)
     return bank
 
