@@ -25,14 +25,20 @@ def test_identities_command_builds_and_reports(tmp_path: Path, capsys: pytest.Ca
     assert gram.max() <= 0.3
     assert any(np.isclose(v, gram.max(), atol=1e-4) for v in report.values() if isinstance(v, float))
 
-    # the same recipe can then run on that prebuilt bank
-    assert main(["validate", str(SMOKE), "--set", f"identities.bank={out}", "--set", "identities.sampler=null"]) == 0
+    # a recipe can point at that prebuilt bank instead of a sampler
+    assert (
+        main(["validate", str(SMOKE), "--set", f"identities.bank={out}", "--set", "identities.sampler=null"])
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        (["identities.count=5000", "identities.max_cosine=-0.5", "identities.candidate_budget=6000"], "reached"),
+        (
+            ["identities.count=5000", "identities.max_cosine=-0.5", "identities.candidate_budget=6000"],
+            "reached",
+        ),
         (["identities.gallery=/nonexistent/gallery.npy"], "gallery"),
     ],
 )
