@@ -168,7 +168,7 @@ class Worker:
         return row
 
 
-class _UnitState:
+class UnitState:
     """What the filter thread accumulates for one unit."""
 
     def __init__(self, worker: Worker, identities: range) -> None:
@@ -205,7 +205,7 @@ def run_unit(worker: Worker, unit: int, on_round: Callable[[int, int], None] | N
     target, minimum = variations.images_per_identity, variations.min_images_per_identity or 1
     budget = variations.max_attempts_per_identity or target
     identities = worker.plan.identities(unit)
-    state = _UnitState(worker, identities)
+    state = UnitState(worker, identities)
     attempts = dict.fromkeys(identities, 0)
     generated, generator_seconds = 0, 0.0
     batch_size = max(1, worker.generator.batch_size)
@@ -251,7 +251,7 @@ def run_unit(worker: Worker, unit: int, on_round: Callable[[int, int], None] | N
                 "drop_reason": reason,
             }
         )
-    _write_unit(worker, unit, state, kept, record)
+    write_unit(worker, unit, state, kept, record)
     result = UnitResult(
         unit=unit,
         rows=sum(len(state.rows[i]) for i in kept),
@@ -272,7 +272,7 @@ def run_unit(worker: Worker, unit: int, on_round: Callable[[int, int], None] | N
     return result
 
 
-def _write_unit(worker: Worker, unit: int, state: _UnitState, kept: list[int], record: list[dict]) -> None:
+def write_unit(worker: Worker, unit: int, state: UnitState, kept: list[int], record: list[dict]) -> None:
     from datasets import Features, Sequence, Value
 
     stem = layout.unit_stem(worker.out, unit)

@@ -8,6 +8,7 @@ like a generated unit, then finalized into a facesynth dataset with the same wri
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -21,7 +22,7 @@ from facesynth import __version__, layout
 from facesynth.errors import UserInputError
 from facesynth.finalize import finalize, is_finalized
 from facesynth.interfaces import Candidate
-from facesynth.pipeline import UnitPlan, Worker, _UnitState, _write_unit
+from facesynth.pipeline import UnitPlan, UnitResult, UnitState, Worker, write_unit
 from facesynth.recipe import Recipe, load_recipe
 from facesynth.runner import clean_partial_files, read_run
 
@@ -42,9 +43,10 @@ def _chunks(iterable: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def _filter_unit(
     worker: Worker, unit: int, groups: list[tuple[str, list[tuple[str, Any]]]], minimum: int
 ) -> int:
+    started = time.perf_counter()
     start = unit * worker.plan.identities_per_unit
     identities = range(start, start + len(groups))
-    state = _UnitState(worker, identities)
+    state = UnitState(worker, identities)
     candidates = []
     for offset, (identity_name, images) in enumerate(groups):
         for index, (image_name, image) in enumerate(images):
@@ -75,21 +77,19 @@ def _filter_unit(
         }
         for i in identities
     ]
-    _write_unit(worker, unit, state, kept, record)
-    rows = sum(len(state.rows[i]) for i in kept)
-    layout.atomic_write_json(
-        layout.unit_done_marker(worker.out, unit),
-        {
-            "unit": unit,
-            "rows": rows,
-            "generated": len(candidates),
-            "identities_kept": len(kept),
-            "identities_dropped": len(identities) - len(kept),
-            "rejected_by": dict(state.rejected_by),
-            "seconds": 0.0,
-            "generator_seconds": 0.0,
-        },
+    write_unit(worker, unit, state, kept, record)
+    result = UnitResult(
+        unit=unit,
+        rows=sum(len(state.rows[i]) for i in kept),
+        generated=len(candidates),
+        identities_kept=len(kept),
+        identities_dropped=len(identities) - len(kept),
+        rejected_by=dict(state.rejected_by),
+        seconds=time.perf_counter() - started,
+        generator_seconds=0.0,
+        timings={"filters": state.filter_seconds, "encode": state.encode_seconds},
     )
+    layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), result.__dict__)
     return len(candidates)
 
 
