@@ -2,9 +2,10 @@
 
 A unit is processed in rounds. Round 0 asks for ``images_per_identity`` attempts per identity;
 each later round asks again for what the filters rejected, until every identity is full or has
-spent its attempt budget. Within a round, batches that mix identities are generated on the main
-thread while a single worker thread filters and encodes the previous batch, so the model does not
-wait for the CPU; one worker thread keeps the filters' order, and so the result, deterministic.
+spent its attempt budget. Batches that mix identities are generated on the main thread while a
+single worker thread filters and encodes the previous batch; two units are in flight, so while one
+waits for its round's last batch to be filtered the other generates, and the model does not wait
+for the CPU. One worker thread keeps each unit's filter order, and so its rows, deterministic.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,78 +199,151 @@ class UnitState:
         self.encode_seconds += time.perf_counter() - t1
 
 
-def run_unit(worker: Worker, unit: int, on_round: Callable[[int, int], None] | None = None) -> UnitResult:
-    """Generate, filter and write one unit; its done-marker is written last."""
-    started = time.perf_counter()
-    variations = worker.recipe.variations
-    target, minimum = variations.images_per_identity, variations.min_images_per_identity or 1
-    budget = variations.max_attempts_per_identity or target
-    identities = worker.plan.identities(unit)
-    state = UnitState(worker, identities)
-    attempts = dict.fromkeys(identities, 0)
-    generated, generator_seconds = 0, 0.0
-    batch_size = max(1, worker.generator.batch_size)
-    finished: set[int] = set()
+class UnitRun:
+    """One unit's rounds: which (identity, attempt) jobs to generate next, and what was kept.
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-filter") as pool:
-        while True:
-            jobs: list[tuple[int, int]] = []
-            for i in identities:
-                n = min(target - len(state.rows[i]), budget - attempts[i])
-                jobs.extend((i, attempts[i] + k) for k in range(max(0, n)))
-                attempts[i] += max(0, n)
-            if not jobs:
-                break
-            pending: deque[Future[None]] = deque()
-            for start in range(0, len(jobs), batch_size):
-                batch = worker.candidates(jobs[start : start + batch_size])
-                t0 = time.perf_counter()
-                worker.render(batch)
-                generator_seconds += time.perf_counter() - t0
-                generated += len(batch)
-                pending.append(pool.submit(state.consume, batch))
-                while len(pending) > 2:  # bound memory: at most two batches wait for the filters
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
-            if on_round is not None:
-                done = {i for i in identities if len(state.rows[i]) >= target or attempts[i] >= budget}
-                on_round(len(done - finished), sum(len(state.rows[i]) for i in done - finished))
-                finished |= done
+    A unit's schedule depends only on its own filter results, so running several units
+    interleaved gives each the same rows as running it alone.
+    """
 
-    kept = [i for i in identities if len(state.rows[i]) >= minimum]
-    record = []
-    for i in identities:
-        reason = None
-        if i not in kept:
-            reason = f"{len(state.rows[i])} of {target} images accepted after {attempts[i]} attempts"
-        record.append(
+    def __init__(self, worker: Worker, unit: int) -> None:
+        variations = worker.recipe.variations
+        self.worker, self.unit = worker, unit
+        self.target = variations.images_per_identity
+        self.minimum = variations.min_images_per_identity or 1
+        self.budget = variations.max_attempts_per_identity or self.target
+        self.identities = worker.plan.identities(unit)
+        self.state = UnitState(worker, self.identities)
+        self.attempts = dict.fromkeys(self.identities, 0)
+        self.queue: deque[tuple[int, int]] = deque()
+        self.in_flight: list[Future[None]] = []
+        self.reported: set[int] = set()
+        self.generated, self.generator_seconds = 0, 0.0
+        self.started = time.perf_counter()
+        self.done = False
+
+    def next_jobs(
+        self, batch_size: int, on_round: Callable[[int, int], None] | None
+    ) -> list[tuple[int, int]]:
+        """The next batch to generate; empty while this round's batches are still being filtered."""
+        if not self.queue:
+            if any(not f.done() for f in self.in_flight):
+                return []
+            for future in self.in_flight:
+                future.result()  # a filter's exception surfaces here
+            self.in_flight.clear()
+            self._report(on_round)
+            self.queue.extend(self._plan_round())
+            if not self.queue:
+                self.done = True
+                return []
+        return [self.queue.popleft() for _ in range(min(batch_size, len(self.queue)))]
+
+    def _plan_round(self) -> list[tuple[int, int]]:
+        """Ask again for what the filters rejected, within each identity's attempt budget."""
+        jobs: list[tuple[int, int]] = []
+        for i in self.identities:
+            n = max(0, min(self.target - len(self.state.rows[i]), self.budget - self.attempts[i]))
+            jobs.extend((i, self.attempts[i] + k) for k in range(n))
+            self.attempts[i] += n
+        return jobs
+
+    def _report(self, on_round: Callable[[int, int], None] | None) -> None:
+        rows, target, budget = self.state.rows, self.target, self.budget
+        done = {i for i in self.identities if len(rows[i]) >= target or self.attempts[i] >= budget}
+        new = done - self.reported
+        if on_round is not None and new:
+            on_round(len(new), sum(len(rows[i]) for i in new))
+        self.reported |= done
+
+    def finish(self) -> UnitResult:
+        """Write the unit's files; its done-marker is written last."""
+        rows, worker = self.state.rows, self.worker
+        kept = [i for i in self.identities if len(rows[i]) >= self.minimum]
+        record = [
             {
                 "identity": i,
-                "images_kept": len(state.rows[i]) if reason is None else 0,
-                "attempts": attempts[i],
-                "drop_reason": reason,
+                "images_kept": len(rows[i]) if i in kept else 0,
+                "attempts": self.attempts[i],
+                "drop_reason": None
+                if i in kept
+                else f"{len(rows[i])} of {self.target} images accepted after {self.attempts[i]} attempts",
             }
+            for i in self.identities
+        ]
+        write_unit(worker, self.unit, self.state, kept, record)
+        result = UnitResult(
+            unit=self.unit,
+            rows=sum(len(rows[i]) for i in kept),
+            generated=self.generated,
+            identities_kept=len(kept),
+            identities_dropped=len(self.identities) - len(kept),
+            rejected_by=dict(self.state.rejected_by),
+            seconds=time.perf_counter() - self.started,
+            generator_seconds=self.generator_seconds,
+            timings={"filters": self.state.filter_seconds, "encode": self.state.encode_seconds},
         )
-    write_unit(worker, unit, state, kept, record)
-    result = UnitResult(
-        unit=unit,
-        rows=sum(len(state.rows[i]) for i in kept),
-        generated=generated,
-        identities_kept=len(kept),
-        identities_dropped=len(identities) - len(kept),
-        rejected_by=dict(state.rejected_by),
-        seconds=time.perf_counter() - started,
-        generator_seconds=generator_seconds,
-        timings={"filters": state.filter_seconds, "encode": state.encode_seconds},
-    )
-    describe = getattr(worker.generator, "describe", None)
-    marker = {
-        **result.__dict__,
-        "generator": describe() if describe else {"generator": worker.generator.name},
-    }
-    layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), marker)
-    return result
+        describe = getattr(worker.generator, "describe", None)
+        marker = {
+            **result.__dict__,
+            "generator": describe() if describe else {"generator": worker.generator.name},
+        }
+        layout.atomic_write_json(layout.unit_done_marker(worker.out, self.unit), marker)
+        return result
+
+
+def run_units_overlapped(
+    worker: Worker,
+    units: Sequence[int],
+    on_round: Callable[[int, int], None] | None = None,
+    on_unit: Callable[[UnitResult], None] | None = None,
+    on_failure: Callable[[list[int], BaseException], None] | None = None,
+) -> None:
+    """Generate, filter and write ``units``, two in flight at a time.
+
+    The model generates for the oldest unit that has work; while that unit waits for the filters
+    to finish a round (to know what to ask for next), the next unit generates, so the model does
+    not wait for the CPU. One filter thread consumes batches in submission order.
+    """
+    todo = deque(units)
+    active: list[UnitRun] = []
+    batch_size = max(1, worker.generator.batch_size)
+    queued: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-filter") as pool:
+        try:
+            while todo or active:
+                while len(active) < 2 and todo:
+                    active.append(UnitRun(worker, todo.popleft()))
+                run, jobs = None, []
+                for candidate in active:
+                    jobs = candidate.next_jobs(batch_size, on_round)
+                    if jobs:
+                        run = candidate
+                        break
+                for finished in [r for r in active if r.done]:
+                    active.remove(finished)
+                    result = finished.finish()
+                    if on_unit is not None:
+                        on_unit(result)
+                if run is None:
+                    busy = [f for r in active for f in r.in_flight if not f.done()]
+                    if busy:
+                        wait(busy, return_when=FIRST_COMPLETED)
+                    continue
+                batch = worker.candidates(jobs)
+                t0 = time.perf_counter()
+                worker.render(batch)
+                run.generator_seconds += time.perf_counter() - t0
+                run.generated += len(batch)
+                future = pool.submit(run.state.consume, batch)
+                run.in_flight.append(future)
+                queued.append(future)
+                while len(queued) > 2:  # bound memory: at most two batches wait for the filters
+                    queued.popleft().result()
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure([r.unit for r in active], exc)
+            raise
 
 
 def write_unit(worker: Worker, unit: int, state: UnitState, kept: list[int], record: list[dict]) -> None:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from facesynth import __version__, layout
 from facesynth.errors import FacesynthError, UserInputError
-from facesynth.pipeline import UnitPlan, Worker, run_unit
+from facesynth.pipeline import UnitPlan, UnitResult, Worker, run_units_overlapped
 from facesynth.recipe import Recipe, load_recipe
 
 # Rough bytes per pixel of an encoded image, to size units from output.shard_size_mb.
@@ -231,14 +231,16 @@ def run_units(out: Path, units: Iterable[int], progress: bool = True, device: st
         kept += images_kept
         bar.update(identities_done)
 
+    def on_unit(result: UnitResult) -> None:
+        nonlocal generated
+        unit_failed_marker(out, result.unit).unlink(missing_ok=True)
+        generated += result.generated
+        bar.set_postfix(images=kept, pass_rate=f"{kept / max(generated, 1):.0%}", refresh=False)
+
+    def on_failure(failed: list[int], exc: BaseException) -> None:
+        error = {"error": f"{exc.__class__.__name__}: {exc}", "host": platform.node(), "pid": os.getpid()}
+        for unit in failed:
+            layout.atomic_write_json(unit_failed_marker(out, unit), {"unit": unit, **error})
+
     with bar:
-        for unit in units:
-            try:
-                result = run_unit(worker, unit, on_round)
-            except Exception as exc:
-                error = {"unit": unit, "error": f"{exc.__class__.__name__}: {exc}", "host": platform.node()}
-                layout.atomic_write_json(unit_failed_marker(out, unit), {**error, "pid": os.getpid()})
-                raise
-            unit_failed_marker(out, unit).unlink(missing_ok=True)
-            generated += result.generated
-            bar.set_postfix(images=kept, pass_rate=f"{kept / max(generated, 1):.0%}", refresh=False)
+        run_units_overlapped(worker, units, on_round, on_unit, on_failure)
