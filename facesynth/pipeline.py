@@ -303,47 +303,72 @@ def run_units_overlapped(
 
     The model generates for the oldest unit that has work; while that unit waits for the filters
     to finish a round (to know what to ask for next), the next unit generates, so the model does
-    not wait for the CPU. One filter thread consumes batches in submission order.
+    not wait for the CPU. One filter thread consumes batches in submission order. When a unit
+    fails, no new unit starts, the other one in flight is finished (its work is kept), then the
+    first error is raised.
     """
     todo = deque(units)
     active: list[UnitRun] = []
+    failures: list[tuple[UnitRun, Exception]] = []
     batch_size = max(1, worker.generator.batch_size)
-    queued: deque[Future[None]] = deque()
+    queued: deque[tuple[Future[None], UnitRun]] = deque()
+
+    def fail(run: UnitRun, exc: Exception) -> None:
+        failures.append((run, exc))
+        if run in active:
+            active.remove(run)
+        todo.clear()
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-filter") as pool:
-        try:
-            while todo or active:
-                while len(active) < 2 and todo:
-                    active.append(UnitRun(worker, todo.popleft()))
-                run, jobs = None, []
-                for candidate in active:
+        while todo or active:
+            while len(active) < 2 and todo:
+                active.append(UnitRun(worker, todo.popleft()))
+            run, jobs = None, []
+            for candidate in list(active):
+                try:
                     jobs = candidate.next_jobs(batch_size, on_round)
-                    if jobs:
-                        run = candidate
-                        break
-                for finished in [r for r in active if r.done]:
-                    active.remove(finished)
-                    result = finished.finish()
-                    if on_unit is not None:
-                        on_unit(result)
-                if run is None:
-                    busy = [f for r in active for f in r.in_flight if not f.done()]
-                    if busy:
-                        wait(busy, return_when=FIRST_COMPLETED)
+                except Exception as exc:  # a filter failed on this unit's batch
+                    fail(candidate, exc)
                     continue
+                if jobs:
+                    run = candidate
+                    break
+            for finished in [r for r in active if r.done]:
+                active.remove(finished)
+                try:
+                    result = finished.finish()
+                except Exception as exc:  # e.g. a full disk while writing the unit
+                    fail(finished, exc)
+                    continue
+                if on_unit is not None:
+                    on_unit(result)
+            if run is None:
+                busy = [f for r in active for f in r.in_flight if not f.done()]
+                if busy:
+                    wait(busy, return_when=FIRST_COMPLETED)
+                continue
+            try:
                 batch = worker.candidates(jobs)
                 t0 = time.perf_counter()
                 worker.render(batch)
-                run.generator_seconds += time.perf_counter() - t0
-                run.generated += len(batch)
-                future = pool.submit(run.state.consume, batch)
-                run.in_flight.append(future)
-                queued.append(future)
-                while len(queued) > 2:  # bound memory: at most two batches wait for the filters
-                    queued.popleft().result()
-        except Exception as exc:
-            if on_failure is not None:
-                on_failure([r.unit for r in active], exc)
-            raise
+            except Exception as exc:  # the generator failed (e.g. out of memory)
+                fail(run, exc)
+                continue
+            run.generator_seconds += time.perf_counter() - t0
+            run.generated += len(batch)
+            future = pool.submit(run.state.consume, batch)
+            run.in_flight.append(future)
+            queued.append((future, run))
+            while len(queued) > 2:  # bound memory: at most two batches wait for the filters
+                oldest, owner = queued.popleft()
+                exc = oldest.exception()
+                if exc is not None and owner in active:
+                    fail(owner, exc)  # type: ignore[arg-type]
+    if failures:
+        first = failures[0][1]
+        if on_failure is not None:
+            on_failure([r.unit for r, _ in failures], first)
+        raise first
 
 
 def write_unit(worker: Worker, unit: int, state: UnitState, kept: list[int], record: list[dict]) -> None:
