@@ -16,7 +16,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from PIL import Image
-    from pydantic import BaseModel
 
 
 @dataclass
@@ -146,11 +145,3 @@ class Filter(Protocol):
     def __call__(self, batch: Sequence[Candidate], context: FilterContext) -> None: ...
 
     def accept(self, candidate: Candidate, context: FilterContext) -> None: ...
-
-
-class Component(Protocol):
-    """What a registered component class looks like: an ``Options`` model and a constructor."""
-
-    Options: ClassVar[type[BaseModel]]
-
-    def __init__(self, options: Any) -> None: ...
