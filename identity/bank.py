@@ -24,8 +24,16 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from facesynth.errors import UserInputError
 from facesynth.identity import SAMPLERS
 from facesynth.identity.gallery import Gallery
+from facesynth.identity.int8_screen import (
+    MAX_MARGIN,
+    Int8Keys,
+    Int8Queries,
+    int8_screen_available,
+    screen_rows,
+)
 from facesynth.identity.separation import (
     SAFETY,
+    SCREEN_DTYPE,
     Screen,
     check_vectors,
     exact_cosine,
@@ -47,6 +55,8 @@ _BANK_SALT = 0x62616E6B  # "bank": keeps the bank's stream apart from other uses
 # Nearest-neighbour statistics cost as much as a second build; above this size they are left to
 # ``separation_stats`` (the maximum pairwise cosine is guaranteed by construction either way).
 FULL_STATS_LIMIT = 250_000
+# Accepted identities are frozen into int8 screens this many at a time (CPU only).
+INT8_BLOCK = 65536
 
 
 class BankOptions(StrictOptions):
@@ -175,6 +185,64 @@ class GreedyResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class KeptVectors:
+    """The accepted identities, and the question every candidate block asks of them: too close?
+
+    Rows are kept in float32 (exact checks) and bfloat16 (the screen). On CPUs, every full block
+    of ``int8_block`` rows is also frozen into an int8 screen (``int8_screen``), about twice as fast.
+    """
+
+    def __init__(self, capacity: int, dim: int, device: torch.device, int8_block: int | None) -> None:
+        self.raw = np.empty((capacity, dim), dtype=np.float32)
+        self.norms = np.empty(capacity, dtype=np.float64)
+        self.low = torch.empty((capacity, dim), dtype=SCREEN_DTYPE, device=device)
+        self.err = 0.0
+        self.count = 0
+        self.int8_block = int8_block if int8_block and int8_screen_available(device) else None
+        # Key ranges [start, stop) already frozen, with their int8 screen (None: not worth one).
+        self.frozen: list[tuple[int, int, Int8Keys | None]] = []
+        self.frozen_rows = 0
+
+    def add(self, x: np.ndarray, norms: np.ndarray, screen: Screen, rows: np.ndarray) -> None:
+        stop = self.count + len(rows)
+        self.raw[self.count : stop] = x[rows]
+        self.norms[self.count : stop] = norms[rows]
+        self.low[self.count : stop] = screen.low.index_select(0, torch.from_numpy(rows).to(self.low.device))
+        self.err = max(self.err, screen.err)
+        self.count = stop
+        while self.int8_block and self.count - self.frozen_rows >= self.int8_block:
+            start, end = self.frozen_rows, self.frozen_rows + self.int8_block
+            keys = Int8Keys(self.raw[start:end], self.norms[start:end], start)
+            self.frozen.append((start, end, keys if 2 * keys.err <= MAX_MARGIN else None))
+            self.frozen_rows = end
+
+    def too_close(self, x: np.ndarray, norms: np.ndarray, screen: Screen, threshold: float) -> np.ndarray:
+        """Mask of candidates with an exact cosine above ``threshold`` to some kept row."""
+        rejected = np.zeros(len(x), dtype=bool)
+        exact = exact_cosine(x, norms, self.raw, self.norms)
+
+        def bf16(rows: np.ndarray, start: int, stop: int) -> None:
+            if len(rows) == 0 or start == stop:
+                return
+            sub = Screen(screen.low.index_select(0, torch.from_numpy(rows).to(screen.low.device)), screen.err)
+            hit, _ = screen_against(
+                sub, [(start, self.low[start:stop])], self.err, threshold, lambda i, j: exact(rows[i], j)
+            )
+            rejected[rows[hit]] = True
+
+        queries = Int8Queries.of(x, norms) if any(keys for *_, keys in self.frozen) else None
+        for start, stop, keys in self.frozen:
+            alive = np.flatnonzero(~rejected)
+            if keys is None or queries is None:
+                bf16(alive, start, stop)
+                continue
+            above, unsure = screen_rows(keys, queries, alive, threshold)
+            rejected[above] = True
+            bf16(unsure, start, stop)
+        bf16(np.flatnonzero(~rejected), self.frozen_rows, self.count)
+        return rejected
+
+
 def select_separated(
     draw: Any,
     count: int,
@@ -185,48 +253,38 @@ def select_separated(
     max_gallery_cosine: float = 0.3,
     device: str | torch.device = "auto",
     progress: bool = False,
+    int8_block: int | None = INT8_BLOCK,
 ) -> GreedyResult:
     """Exact greedy acceptance over the candidate stream ``draw(n) -> float32 [<= n, D]``.
 
-    Raises ``UserInputError`` when ``count`` is not reached within ``budget`` candidates.
+    ``int8_block``: on CPU, accepted rows are frozen into int8 screens this many at a time
+    (``None``: bfloat16 only). Raises ``UserInputError`` when ``count`` is not reached within ``budget``.
     """
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
     near = max_cosine - SAFETY  # keep iff every exact cosine to a kept vector is <= near
     far = max_gallery_cosine - SAFETY  # reject iff some exact gallery cosine is >= far
-    kept_raw: np.ndarray | None = None
-    kept_low: torch.Tensor | None = None
-    kept_norms = np.empty(count, dtype=np.float64)
-    kept_err = 0.0
+    kept: KeptVectors | None = None
     gallery_max = np.full(count, np.nan, dtype=np.float32)
-    n_kept = drawn = rejected_near = rejected_gallery = 0
+    drawn = rejected_near = rejected_gallery = 0
     bar = tqdm(total=count, unit="id", disable=not progress, desc="identities")
-    while n_kept < count and drawn < budget:
+    while (kept is None or kept.count < count) and drawn < budget:
         x = draw(min(block_size, budget - drawn))
         if len(x) == 0:
             break
         x = check_vectors(x, "sampler candidates")
-        if kept_raw is None:
-            kept_raw = np.empty((count, x.shape[1]), dtype=np.float32)
-            kept_low = torch.empty((count, x.shape[1]), dtype=torch.bfloat16, device=dev)
+        if kept is None:
+            kept = KeptVectors(count, x.shape[1], dev, int8_block)
             if gallery is not None and gallery.dim != x.shape[1]:
                 raise UserInputError(
                     f"the sampler draws {x.shape[1]}-d vectors but gallery {gallery.path} holds {gallery.dim}-d ones"
                 )
-        assert kept_low is not None
+        n_kept = kept.count
         norms = row_norms64(x, "sampler candidates")
         screen = Screen.of(x, norms, dev)
         reason = np.zeros(len(x), dtype=np.int8)  # 0 kept, 1 near an identity, 2 near the gallery
-        if n_kept:
-            near_kept, _ = screen_against(
-                screen,
-                [(0, kept_low[:n_kept])],
-                kept_err,
-                near,
-                exact_cosine(x, norms, kept_raw, kept_norms),
-            )
-            reason[near_kept] = 1
+        reason[kept.too_close(x, norms, screen, near)] = 1
         block_gallery = np.full(len(x), np.nan, dtype=np.float32)
         if gallery is not None:
             alive = np.flatnonzero(reason == 0)
@@ -242,16 +300,11 @@ def select_separated(
         drawn += used
         rejected_near += int((reason[:used] == 1).sum())
         rejected_gallery += int((reason[:used] == 2).sum())
-        stop = n_kept + len(accepted)
-        kept_raw[n_kept:stop] = x[accepted]
-        kept_norms[n_kept:stop] = norms[accepted]
-        acc_t = torch.from_numpy(accepted).to(dev)
-        kept_low[n_kept:stop] = screen.low.index_select(0, acc_t)
-        kept_err = max(kept_err, screen.err)
-        gallery_max[n_kept:stop] = block_gallery[accepted]
+        kept.add(x, norms, screen, accepted)
+        gallery_max[n_kept : kept.count] = block_gallery[accepted]
         bar.update(len(accepted))
-        n_kept = stop
     bar.close()
+    n_kept = kept.count if kept is not None else 0
     if n_kept < count:
         cause = (
             "the sampler ran out of candidates"
@@ -265,9 +318,9 @@ def select_separated(
             f"{rejected_gallery:,} as too close to the gallery); raise max_cosine or candidate_budget, "
             "lower count, or use a broader sampler"
         )
-    assert kept_raw is not None
+    assert kept is not None
     return GreedyResult(
-        kept_raw,
+        kept.raw,
         drawn,
         rejected_near,
         rejected_gallery,
