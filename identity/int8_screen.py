@@ -18,6 +18,7 @@ cannot saturate; VNNI kernels accumulate in int32 directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -59,15 +60,18 @@ class Int8Keys:
     """A frozen block of keys, quantised with one shared scale and packed into an onnxruntime session."""
 
     def __init__(self, vectors: np.ndarray, norms: np.ndarray, offset: int) -> None:
-        unit = np.asarray(vectors, dtype=np.float64) / norms[:, None]
         self.offset = offset
-        self.count = len(unit)
+        self.count = len(vectors)
         # One scale for the block: the screen needs max_j of products, and per-key scales would
         # make the integer maximum meaningless.
-        self.scale = float(np.abs(unit).max()) / KEY_LEVELS
-        q = np.clip(np.rint(unit / self.scale), -KEY_LEVELS, KEY_LEVELS)
-        self.err = float(np.linalg.norm(unit - self.scale * q, axis=1).max())
-        self._session = _row_max_session(np.ascontiguousarray(q.astype(np.int8).T))
+        self.scale = max(float(np.abs(unit).max()) for _, unit in _unit_rows(vectors, norms)) / KEY_LEVELS
+        codes = np.empty((vectors.shape[1], self.count), dtype=np.int8)  # transposed: [D, N]
+        self.err = 0.0
+        for start, unit in _unit_rows(vectors, norms):
+            q = np.clip(np.rint(unit / self.scale), -KEY_LEVELS, KEY_LEVELS)
+            self.err = max(self.err, float(np.linalg.norm(unit - self.scale * q, axis=1).max()))
+            codes[:, start : start + len(q)] = q.T
+        self._session = _row_max_session(codes)
 
     def margin(self, queries: Int8Queries) -> np.ndarray:
         """Per query row, the worst-case |screened - exact| cosine against any key of this block."""
@@ -97,6 +101,15 @@ def screen_rows(
     above = value - margin > threshold
     unsure = ~above & (value + margin >= threshold)
     return rows[above], rows[unsure]
+
+
+def _unit_rows(vectors: np.ndarray, norms: np.ndarray, block: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
+    """Float64 unit rows in blocks, so quantising a large block needs little extra memory."""
+    for start in range(0, len(vectors), block):
+        yield (
+            start,
+            np.asarray(vectors[start : start + block], dtype=np.float64) / norms[start : start + block, None],
+        )
 
 
 def _row_max_session(keys_t: np.ndarray):
@@ -133,4 +146,5 @@ def _register_shared_arena() -> None:
     import onnxruntime as ort
 
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    # Extend by exactly what is asked (1), not the next power of two: products are large.
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
