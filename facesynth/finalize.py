@@ -78,16 +78,20 @@ def finalize(out: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{out} is not a facesynth output (no {layout.RUN})")
     recipe = load_recipe(out / layout.RECIPE, need_generation=False)
     units = _read_units(out, run["num_units"])
-    from facesynth.filters import load_filter
+    from facesynth.filters import FILTERS, load_filter
     from facesynth.identity.bank import IdentityBank
 
-    filters = [load_filter(f.name, **f.options) for f in recipe.filters]
-    columns = [c for f in filters for c in f.score_columns]
-    features = dataset_features(columns)
-
-    tables = [
-        pq.read_table(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))
+    # The columns travel in the unit files; only filters with a dataset-wide pass are built, as
+    # building a filter can load models (detectors, embedders).
+    features = Features.from_arrow_schema(pq.read_schema(layout.unit_stem(out, 0).with_suffix(".parquet")))
+    columns = [name for name in features if name not in dataset_features([])]
+    passes = [
+        load_filter(f.name, **f.options)
+        for f in recipe.filters
+        if hasattr(FILTERS.get(f.name), "dataset_pass")
     ]
+
+    tables = [_read(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))]
     _check_exactly_once(out, units, tables)
     identities = pa.concat_tables(
         [t.select(["identity", "name", "images_kept", "attempts", "drop_reason"]) for t in tables]
@@ -106,10 +110,9 @@ def finalize(out: str | Path) -> dict[str, Any]:
     # Dataset-wide checks across units (class separation) on every kept identity's centroid.
     all_centroids = _centroids(tables, set(kept_ids.tolist()))
     dataset_dropped: dict[int, str] = {}
-    for f in filters:
-        dataset_pass = getattr(f, "dataset_pass", None)
-        if dataset_pass is not None and len(kept_ids):
-            dataset_dropped.update(dataset_pass(kept_ids, all_centroids))
+    for f in passes:
+        if len(kept_ids):
+            dataset_dropped.update(f.dataset_pass(kept_ids, all_centroids))  # type: ignore[attr-defined]
     drop_reason.update(dataset_dropped)
     kept_ids = np.array([i for i in kept_ids.tolist() if i not in drop_reason], dtype=np.int64)
     label_of = {int(i): label for label, i in enumerate(sorted(kept_ids.tolist()))}
@@ -117,9 +120,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
     shards = _write_shards(out, len(units), features, label_of, recipe.writer.row_group_mb)
     bank = IdentityBank.load(out / layout.BANK) if (out / layout.BANK).exists() else None
     _write_identity_table(out, identities, bank, label_of, drop_reason)
-    rejected = [
-        pq.read_table(layout.unit_stem(out, u).with_suffix(".rejected.parquet")) for u in range(len(units))
-    ]
+    rejected = [_read(layout.unit_stem(out, u).with_suffix(".rejected.parquet")) for u in range(len(units))]
     write_table(out / layout.REJECTED, pa.concat_tables(rejected), rejected_features(columns))
 
     stats = _stats(recipe, run, units, shards, label_of, dataset_dropped, [f.name for f in recipe.filters])
@@ -154,7 +155,7 @@ def _write_shards(
     sources = []
     for u in range(num_units):
         path = layout.unit_stem(out, u).with_suffix(".parquet")
-        ids = pq.read_table(path, columns=["identity"])["identity"].to_numpy()
+        ids = _read(path, ["identity"])["identity"].to_numpy()
         if np.isin(ids, list(label_of)).any():
             sources.append(path)
     if (out / layout.DATA).exists():
@@ -163,11 +164,16 @@ def _write_shards(
     shards = []
     for index, source in enumerate(sources):
         name = layout.shard_name(index, len(sources))
-        parquet = pq.ParquetFile(source)
-        with ParquetShardWriter(out / name, features, int(row_group_mb * (1 << 20))) as writer:
+        # Memory-mapped, and filtered only when it drops rows: every copy of the images costs time.
+        with (
+            pq.ParquetFile(source, memory_map=True) as parquet,
+            ParquetShardWriter(out / name, features, int(row_group_mb * (1 << 20))) as writer,
+        ):
             for group in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group)
-                table = table.filter(pc.is_in(table["identity"], value_set=labels[0]))
+                kept = pc.is_in(table["identity"], value_set=labels[0])
+                if not pc.all(kept).as_py():
+                    table = table.filter(kept)
                 if table.num_rows == 0:
                     continue
                 label = pc.take(labels[1], pc.index_in(table["identity"], value_set=labels[0]))
@@ -175,6 +181,12 @@ def _write_shards(
                 writer.write_table(table)
         shards.append({"file": name, "rows": writer.num_rows, "bytes": (out / name).stat().st_size})
     return shards
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A small parquet file, read without the dataset machinery (and thread pools) of ``pq.read_table``."""
+    with pq.ParquetFile(path, pre_buffer=False) as parquet:
+        return parquet.read(columns, use_threads=False)
 
 
 def _write_identity_table(

@@ -4,8 +4,9 @@ A unit is processed in rounds. Round 0 asks for ``images_per_identity`` attempts
 each later round asks again for what the filters rejected, until every identity is full or has
 spent its attempt budget. Batches that mix identities are generated on the main thread while a
 single worker thread filters and encodes the previous batch; two units are in flight, so while one
-waits for its round's last batch to be filtered the other generates, and the model does not wait
-for the CPU. One worker thread keeps each unit's filter order, and so its rows, deterministic.
+waits for its round's last batch to be filtered the other generates, and a writer thread writes a
+finished unit's files, so the model waits neither for the CPU nor for the disk. One filter thread
+keeps each unit's filter order, and so its rows, deterministic.
 """
 
 from __future__ import annotations
@@ -303,12 +304,14 @@ def run_units_overlapped(
 
     The model generates for the oldest unit that has work; while that unit waits for the filters
     to finish a round (to know what to ask for next), the next unit generates, so the model does
-    not wait for the CPU. One filter thread consumes batches in submission order. When a unit
-    fails, no new unit starts, the other one in flight is finished (its work is kept), then the
-    first error is raised.
+    not wait for the CPU. One filter thread consumes batches in submission order; a writer thread
+    writes each finished unit (parquet, fsync, done-marker last) while the model goes on. Once a
+    unit has failed, no new unit starts, the units in flight are finished (their work is kept),
+    then the first error is raised.
     """
     todo = deque(units)
     active: list[UnitRun] = []
+    writing: deque[tuple[Future[UnitResult], UnitRun]] = deque()
     failures: list[tuple[UnitRun, Exception]] = []
     batch_size = max(1, worker.generator.batch_size)
     queued: deque[tuple[Future[None], UnitRun]] = deque()
@@ -319,9 +322,13 @@ def run_units_overlapped(
             active.remove(run)
         todo.clear()
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-filter") as pool:
-        while todo or active:
-            while len(active) < 2 and todo:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-filter") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-writer") as writer,
+    ):
+        while todo or active or writing:
+            # Two units generate while at most two finished ones wait for the disk (bounded memory).
+            while len(active) < 2 and len(writing) < 2 and todo:
                 active.append(UnitRun(worker, todo.popleft()))
             run, jobs = None, []
             for candidate in list(active):
@@ -334,9 +341,12 @@ def run_units_overlapped(
                     run = candidate
                     break
             for finished in [r for r in active if r.done]:
-                active.remove(finished)
+                active.remove(finished)  # its filtering is over: only the writer touches it now
+                writing.append((writer.submit(finished.finish), finished))
+            while writing and writing[0][0].done():  # one writer thread: they finish in order
+                written, finished = writing.popleft()
                 try:
-                    result = finished.finish()
+                    result = written.result()
                 except Exception as exc:  # e.g. a full disk while writing the unit
                     fail(finished, exc)
                     continue
@@ -344,6 +354,7 @@ def run_units_overlapped(
                     on_unit(result)
             if run is None:
                 busy = [f for r in active for f in r.in_flight if not f.done()]
+                busy += [f for f, _ in writing]
                 if busy:
                     wait(busy, return_when=FIRST_COMPLETED)
                 continue
