@@ -212,24 +212,24 @@ def resolve_in_order(screen: Screen, rows: np.ndarray, threshold: float, exact: 
     idx = torch.from_numpy(rows).to(device)
     low = screen.low.index_select(0, idx)
     pairs_i, pairs_j = [], []
-    strip = max(1, PRODUCT_ELEMENTS // s)
+    strip = min(s, max(1, PRODUCT_ELEMENTS // s))
+    earlier = torch.ones(strip, strip, dtype=torch.bool, device=device).tril()
     for start in range(0, s, strip):
-        # Pairs (i, j) with i < j: row j is checked against the earlier row i.
-        gram = low[start : start + strip] @ low.T
-        later = (
-            torch.arange(s, device=device)[None, :]
-            > torch.arange(start, start + len(gram), device=device)[:, None]
-        )
-        gram = gram.masked_fill(~later, -np.inf)
-        i, j = (gram > high_cut).nonzero(as_tuple=True)
-        pairs_i.append(i.cpu().numpy() + start)
-        pairs_j.append(j.cpu().numpy())
-        ui, uj = ((gram >= low_cut) & (gram <= high_cut)).nonzero(as_tuple=True)
+        n = min(s, start + strip) - start
+        # Pairs (i, j) with i < j: row j is checked against the earlier row i, so only columns
+        # from ``start`` on are computed, and the square's lower triangle is masked.
+        gram = low[start : start + n] @ low[start:].T
+        gram[:, :n].masked_fill_(earlier[:n, :n], -np.inf)
+        i, j = (gram >= low_cut).nonzero(as_tuple=True)
+        sure = (gram[i, j] > high_cut).cpu().numpy()
+        i_np, j_np = i.cpu().numpy() + start, j.cpu().numpy() + start
+        pairs_i.append(i_np[sure])
+        pairs_j.append(j_np[sure])
+        ui, uj = i_np[~sure], j_np[~sure]
         if len(ui):
-            ui_np, uj_np = ui.cpu().numpy() + start, uj.cpu().numpy()
-            hit = exact(rows[ui_np], rows[uj_np]) > threshold
-            pairs_i.append(ui_np[hit])
-            pairs_j.append(uj_np[hit])
+            hit = exact(rows[ui], rows[uj]) > threshold
+            pairs_i.append(ui[hit])
+            pairs_j.append(uj[hit])
     pi, pj = np.concatenate(pairs_i), np.concatenate(pairs_j)
     if len(pi):
         order = np.lexsort((pj, pi))

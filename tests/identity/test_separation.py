@@ -8,6 +8,7 @@ import torch
 from identity_helpers import anisotropic_stream, max_offdiagonal_cosine, naive_greedy, pool_stream
 
 from facesynth.errors import UserInputError
+from facesynth.identity import separation
 from facesynth.identity.bank import select_separated
 from facesynth.identity.separation import SAFETY, Screen, nearest_neighbours, row_norms64, screen_margin
 
@@ -36,6 +37,15 @@ def test_blocked_greedy_equals_naive_greedy():
     again = select_separated(pool_stream(pool), 1500, 0.4, budget=30_000, block_size=128, device="cpu")
     np.testing.assert_array_equal(again.vectors, expected)
     assert result.drawn == again.drawn
+
+
+def test_products_split_into_many_strips_give_the_same_bank(monkeypatch: pytest.MonkeyPatch):
+    # Small products: every block is resolved in many strips and screened against many key chunks.
+    monkeypatch.setattr(separation, "PRODUCT_ELEMENTS", 3000)
+    pool = anisotropic_stream(48, 0.3, seed=3)(8000)
+    expected = naive_greedy(pool_stream(pool), 600, 0.4)
+    result = select_separated(pool_stream(pool), 600, 0.4, budget=8000, block_size=300, device="cpu")
+    np.testing.assert_array_equal(result.vectors, expected)
 
 
 def test_borderline_pairs_are_decided_in_float64():
