@@ -84,7 +84,8 @@ def finalize(out: str | Path) -> dict[str, Any]:
     # The columns travel in the unit files; only filters with a dataset-wide pass are built, as
     # building a filter can load models (detectors, embedders).
     features = Features.from_arrow_schema(pq.read_schema(layout.unit_stem(out, 0).with_suffix(".parquet")))
-    columns = [name for name in features if name not in dataset_features([])]
+    base = dataset_features([])
+    columns = [name for name in features if name not in base]
     passes = [
         load_filter(f.name, **f.options)
         for f in recipe.filters

@@ -261,36 +261,30 @@ class UnitRun:
         """Write the unit's files; its done-marker is written last."""
         rows, worker = self.state.rows, self.worker
         kept = [i for i in self.identities if len(rows[i]) >= self.minimum]
+        is_kept = set(kept)
         record = [
             {
                 "identity": i,
-                "images_kept": len(rows[i]) if i in kept else 0,
+                "images_kept": len(rows[i]) if i in is_kept else 0,
                 "attempts": self.attempts[i],
                 "drop_reason": None
-                if i in kept
+                if i in is_kept
                 else f"{len(rows[i])} of {self.target} images accepted after {self.attempts[i]} attempts",
             }
             for i in self.identities
         ]
-        write_unit(worker, self.unit, self.state, kept, record)
-        result = UnitResult(
-            unit=self.unit,
-            rows=sum(len(rows[i]) for i in kept),
-            generated=self.generated,
-            identities_kept=len(kept),
-            identities_dropped=len(self.identities) - len(kept),
-            rejected_by=dict(self.state.rejected_by),
-            seconds=time.perf_counter() - self.started,
-            generator_seconds=self.generator_seconds,
-            timings={"filters": self.state.filter_seconds, "encode": self.state.encode_seconds},
-        )
         describe = getattr(worker.generator, "describe", None)
-        marker = {
-            **result.__dict__,
-            "generator": describe() if describe else {"generator": worker.generator.name},
-        }
-        layout.atomic_write_json(layout.unit_done_marker(worker.out, self.unit), marker)
-        return result
+        return write_unit(
+            worker,
+            self.unit,
+            self.state,
+            kept,
+            record,
+            generated=self.generated,
+            started=self.started,
+            generator_seconds=self.generator_seconds,
+            generator=describe() if describe else {"generator": worker.generator.name},
+        )
 
 
 def run_units_overlapped(
@@ -382,7 +376,22 @@ def run_units_overlapped(
         raise first
 
 
-def write_unit(worker: Worker, unit: int, state: UnitState, kept: list[int], record: list[dict]) -> None:
+def write_unit(
+    worker: Worker,
+    unit: int,
+    state: UnitState,
+    kept: list[int],
+    record: list[dict],
+    *,
+    generated: int,
+    started: float,
+    generator_seconds: float = 0.0,
+    generator: dict[str, Any] | None = None,
+) -> UnitResult:
+    """Write a unit's shard, rejected images and identity table, then its done-marker, last.
+
+    ``record`` holds one row per identity; ``started`` is the ``perf_counter`` time the unit began.
+    """
     from datasets import Features, Sequence, Value
 
     stem = layout.unit_stem(worker.out, unit)
@@ -407,3 +416,17 @@ def write_unit(worker: Worker, unit: int, state: UnitState, kept: list[int], rec
             vector = per_identity.get(row["identity"])
             row[f"centroid_{name}"] = None if vector is None else vector.tolist()
     write_table(stem.with_suffix(".identities.parquet"), record, Features(columns))
+    result = UnitResult(
+        unit=unit,
+        rows=sum(len(state.rows[i]) for i in kept),
+        generated=generated,
+        identities_kept=len(kept),
+        identities_dropped=len(record) - len(kept),
+        rejected_by=dict(state.rejected_by),
+        seconds=time.perf_counter() - started,
+        generator_seconds=generator_seconds,
+        timings={"filters": state.filter_seconds, "encode": state.encode_seconds},
+    )
+    marker = result.__dict__ if generator is None else {**result.__dict__, "generator": generator}
+    layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), marker)
+    return result

@@ -22,7 +22,7 @@ from facesynth import __version__, layout
 from facesynth.errors import UserInputError
 from facesynth.finalize import finalize, is_finalized
 from facesynth.interfaces import Candidate
-from facesynth.pipeline import UnitPlan, UnitResult, UnitState, Worker, write_unit
+from facesynth.pipeline import UnitPlan, UnitState, Worker, write_unit
 from facesynth.recipe import Recipe, load_recipe
 from facesynth.runner import clean_partial_files, read_run
 
@@ -65,31 +65,20 @@ def _filter_unit(
     for batch_start in range(0, len(candidates), BATCH):
         state.consume(candidates[batch_start : batch_start + BATCH])
     kept = [i for i in identities if len(state.rows[i]) >= minimum]
+    is_kept = set(kept)
     record = [
         {
             "identity": i,
             "name": groups[i - start][0],
-            "images_kept": len(state.rows[i]) if i in kept else 0,
+            "images_kept": len(state.rows[i]) if i in is_kept else 0,
             "attempts": len(groups[i - start][1]),
             "drop_reason": None
-            if i in kept
+            if i in is_kept
             else f"{len(state.rows[i])} images accepted, fewer than {minimum}",
         }
         for i in identities
     ]
-    write_unit(worker, unit, state, kept, record)
-    result = UnitResult(
-        unit=unit,
-        rows=sum(len(state.rows[i]) for i in kept),
-        generated=len(candidates),
-        identities_kept=len(kept),
-        identities_dropped=len(identities) - len(kept),
-        rejected_by=dict(state.rejected_by),
-        seconds=time.perf_counter() - started,
-        generator_seconds=0.0,
-        timings={"filters": state.filter_seconds, "encode": state.encode_seconds},
-    )
-    layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), result.__dict__)
+    write_unit(worker, unit, state, kept, record, generated=len(candidates), started=started)
     return len(candidates)
 
 
