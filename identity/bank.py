@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,12 +27,13 @@ from facesynth.errors import UserInputError
 from facesynth.identity import SAMPLERS
 from facesynth.identity.gallery import Gallery
 from facesynth.identity.int8_screen import (
-    MAX_MARGIN,
+    GROUP_HEADROOM,
     Int8Keys,
     Int8Queries,
     int8_screen_available,
-    screen_rows,
+    key_levels,
 )
+from facesynth.identity.int8_screen import resolve_in_order as resolve_in_order_int8
 from facesynth.identity.separation import (
     SAFETY,
     SCREEN_DTYPE,
@@ -42,6 +45,7 @@ from facesynth.identity.separation import (
     resolve_in_order,
     row_norms64,
     screen_against,
+    unit_rows,
 )
 from facesynth.identity.spread import SpreadOptions, spread_vectors
 from facesynth.interfaces import IdentitySampler
@@ -55,8 +59,9 @@ _BANK_SALT = 0x62616E6B  # "bank": keeps the bank's stream apart from other uses
 # Nearest-neighbour statistics cost as much as a second build; above this size they are left to
 # ``separation_stats`` (the maximum pairwise cosine is guaranteed by construction either way).
 FULL_STATS_LIMIT = 250_000
-# Accepted identities are frozen into int8 screens this many at a time (CPU only).
-INT8_BLOCK = 65536
+# Candidate blocks: at least MIN_BLOCK, growing as the bank grows (one candidate per BLOCK_PER_KEPT kept).
+MIN_BLOCK = 1024
+BLOCK_PER_KEPT = 4
 
 
 class BankOptions(StrictOptions):
@@ -185,62 +190,108 @@ class GreedyResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class KeyGroup:
+    """Int8 keys of one scale, and the kept row each of them is."""
+
+    keys: Int8Keys
+    rows: np.ndarray
+
+
 class KeptVectors:
     """The accepted identities, and the question every candidate block asks of them: too close?
 
-    Rows are kept in float32 (exact checks) and bfloat16 (the screen). On CPUs, every full block
-    of ``int8_block`` rows is also frozen into an int8 screen (``int8_screen``), about twice as fast.
+    Rows are kept in float32 for the exact checks. The screen runs on int8 copies where the CPU
+    allows (``int8_screen``), else on bfloat16 copies.
     """
 
-    def __init__(self, capacity: int, dim: int, device: torch.device, int8_block: int | None) -> None:
+    def __init__(self, capacity: int, dim: int, device: torch.device, int8: bool) -> None:
         self.raw = np.empty((capacity, dim), dtype=np.float32)
         self.norms = np.empty(capacity, dtype=np.float64)
-        self.low = torch.empty((capacity, dim), dtype=SCREEN_DTYPE, device=device)
-        self.err = 0.0
         self.count = 0
-        self.int8_block = int8_block if int8_block and int8_screen_available(device) else None
-        # Key ranges [start, stop) already frozen, with their int8 screen (None: not worth one).
-        self.frozen: list[tuple[int, int, Int8Keys | None]] = []
-        self.frozen_rows = 0
+        self.capacity = capacity
+        self.int8 = int8 and int8_screen_available(device)
+        self.groups: list[KeyGroup] = []
+        # Rows screened in bfloat16: all of them without int8, else the few too coarse for it.
+        self.low = torch.empty((0 if self.int8 else capacity, dim), dtype=SCREEN_DTYPE, device=device)
+        self.low_rows = np.empty(0, dtype=np.int64)  # with int8: the kept row of each bfloat16 row
+        self.err = 0.0  # largest bfloat16 rounding error of the rows held in bfloat16
 
-    def add(self, x: np.ndarray, norms: np.ndarray, screen: Screen, rows: np.ndarray) -> None:
-        stop = self.count + len(rows)
-        self.raw[self.count : stop] = x[rows]
-        self.norms[self.count : stop] = norms[rows]
-        self.low[self.count : stop] = screen.low.index_select(0, torch.from_numpy(rows).to(self.low.device))
-        self.err = max(self.err, screen.err)
+    def add(
+        self,
+        x: np.ndarray,
+        norms: np.ndarray,
+        rows: np.ndarray,
+        unit: torch.Tensor,
+        screen: Callable[[], Screen],
+    ) -> None:
+        """Append ``x[rows]``; ``unit`` holds the block's ``unit_rows``, ``screen()`` its bfloat16 form."""
+        start, stop = self.count, self.count + len(rows)
+        self.raw[start:stop] = x[rows]
+        self.norms[start:stop] = norms[rows]
         self.count = stop
-        while self.int8_block and self.count - self.frozen_rows >= self.int8_block:
-            start, end = self.frozen_rows, self.frozen_rows + self.int8_block
-            keys = Int8Keys(self.raw[start:end], self.norms[start:end], start)
-            self.frozen.append((start, end, keys if 2 * keys.err <= MAX_MARGIN else None))
-            self.frozen_rows = end
+        if len(rows) == 0:
+            return
+        if not self.int8:
+            index = torch.from_numpy(rows).to(self.low.device)
+            self.low[start:stop] = screen().low.index_select(0, index)
+            self.err = max(self.err, screen().err)
+            return
+        part = unit.index_select(0, torch.from_numpy(rows))
+        group = min((g for g in self.groups if g.keys.fits(part)), key=lambda g: g.keys.scale, default=None)
+        if group is None:  # the first rows, or rows with larger entries than any group allows
+            scale = float(part.abs().max()) * GROUP_HEADROOM / key_levels()
+            group = KeyGroup(Int8Keys(scale, part.shape[1], self.capacity), np.empty(self.capacity, np.int64))
+            self.groups.append(group)
+        first = group.keys.count
+        fine = group.keys.append(part)
+        group.rows[first : group.keys.count] = start + np.flatnonzero(fine)
+        if not fine.all():
+            coarse = np.flatnonzero(~fine)
+            index = torch.from_numpy(rows[coarse]).to(self.low.device)
+            self.low = torch.cat([self.low, screen().low.index_select(0, index)])
+            self.low_rows = np.r_[self.low_rows, start + coarse]
+            self.err = max(self.err, screen().err)
 
-    def too_close(self, x: np.ndarray, norms: np.ndarray, screen: Screen, threshold: float) -> np.ndarray:
-        """Mask of candidates with an exact cosine above ``threshold`` to some kept row."""
+    def too_close(
+        self,
+        x: np.ndarray,
+        norms: np.ndarray,
+        screen: Callable[[], Screen],
+        queries: Int8Queries | None,
+        threshold: float,
+    ) -> np.ndarray:
+        """Mask of candidates with an exact cosine above ``threshold`` to some kept row.
+
+        ``screen()`` and ``queries`` (when ``self.int8``) are the candidates' bfloat16 and int8 forms."""
         rejected = np.zeros(len(x), dtype=bool)
         exact = exact_cosine(x, norms, self.raw, self.norms)
-
-        def bf16(rows: np.ndarray, start: int, stop: int) -> None:
-            if len(rows) == 0 or start == stop:
-                return
-            sub = Screen(screen.low.index_select(0, torch.from_numpy(rows).to(screen.low.device)), screen.err)
+        for group in self.groups:
+            alive = np.flatnonzero(~rejected)
+            hit = group.keys.screen(queries, alive, threshold, lambda i, j, g=group: exact(i, g.rows[j]))
+            rejected[alive[hit]] = True
+        rows = np.flatnonzero(~rejected)
+        if len(self.low) and len(rows):
+            full = screen()
+            sub = Screen(full.low.index_select(0, torch.from_numpy(rows).to(full.low.device)), full.err)
+            index = self.low_rows if self.int8 else np.arange(self.count)
             hit, _ = screen_against(
-                sub, [(start, self.low[start:stop])], self.err, threshold, lambda i, j: exact(rows[i], j)
+                sub, [(0, self.low[: len(index)])], self.err, threshold, lambda i, j: exact(rows[i], index[j])
             )
             rejected[rows[hit]] = True
-
-        queries = Int8Queries.of(x, norms) if any(keys for *_, keys in self.frozen) else None
-        for start, stop, keys in self.frozen:
-            alive = np.flatnonzero(~rejected)
-            if keys is None or queries is None:
-                bf16(alive, start, stop)
-                continue
-            above, unsure = screen_rows(keys, queries, alive, threshold)
-            rejected[above] = True
-            bf16(unsure, start, stop)
-        bf16(np.flatnonzero(~rejected), self.frozen_rows, self.count)
         return rejected
+
+
+def next_block_size(kept: int, wanted: int, accepted_share: float, largest: int) -> int:
+    """How many candidates to check next, for ``wanted`` more identities.
+
+    A block costs ``kept`` products per candidate against the bank and about ``block / 2`` within
+    itself, so small banks take small blocks and the in-block triangle stays a small share of the
+    work. Near the end, a block is about what the ``accepted_share`` of recent candidates says is
+    still needed, so the last block is not screened in full for a few identities.
+    """
+    size = max(min(MIN_BLOCK, largest), min(largest, kept // BLOCK_PER_KEPT))
+    return min(size, int(1.1 * wanted / max(accepted_share, 0.01)) + 64)
 
 
 def select_separated(
@@ -253,12 +304,13 @@ def select_separated(
     max_gallery_cosine: float = 0.3,
     device: str | torch.device = "auto",
     progress: bool = False,
-    int8_block: int | None = INT8_BLOCK,
+    int8: bool = True,
 ) -> GreedyResult:
     """Exact greedy acceptance over the candidate stream ``draw(n) -> float32 [<= n, D]``.
 
-    ``int8_block``: on CPU, accepted rows are frozen into int8 screens this many at a time
-    (``None``: bfloat16 only). Raises ``UserInputError`` when ``count`` is not reached within ``budget``.
+    Blocks grow with the bank up to ``block_size`` (see ``next_block_size``). ``int8``: on CPU,
+    screen against int8 copies of the kept rows (``False``: bfloat16 only). Raises
+    ``UserInputError`` when ``count`` is not reached within ``budget``.
     """
     from tqdm.auto import tqdm
 
@@ -269,22 +321,25 @@ def select_separated(
     gallery_max = np.full(count, np.nan, dtype=np.float32)
     drawn = rejected_near = rejected_gallery = 0
     bar = tqdm(total=count, unit="id", disable=not progress, desc="identities")
-    while (kept is None or kept.count < count) and drawn < budget:
-        x = draw(min(block_size, budget - drawn))
+    n_kept, accepted_share = 0, 1.0
+    while n_kept < count and drawn < budget:
+        size = next_block_size(n_kept, count - n_kept, accepted_share, block_size)
+        x = draw(min(size, budget - drawn))
         if len(x) == 0:
             break
         x = check_vectors(x, "sampler candidates")
         if kept is None:
-            kept = KeptVectors(count, x.shape[1], dev, int8_block)
+            kept = KeptVectors(count, x.shape[1], dev, int8)
             if gallery is not None and gallery.dim != x.shape[1]:
                 raise UserInputError(
                     f"the sampler draws {x.shape[1]}-d vectors but gallery {gallery.path} holds {gallery.dim}-d ones"
                 )
-        n_kept = kept.count
         norms = row_norms64(x, "sampler candidates")
-        screen = Screen.of(x, norms, dev)
+        unit = unit_rows(x, norms)
+        screen = cache(partial(Screen.of_unit, unit, dev))  # bfloat16 form, made only when needed
+        queries = Int8Queries.of(unit) if kept.int8 else None
         reason = np.zeros(len(x), dtype=np.int8)  # 0 kept, 1 near an identity, 2 near the gallery
-        reason[kept.too_close(x, norms, screen, near)] = 1
+        reason[kept.too_close(x, norms, screen, queries, near)] = 1
         block_gallery = np.full(len(x), np.nan, dtype=np.float32)
         if gallery is not None:
             alive = np.flatnonzero(reason == 0)
@@ -293,18 +348,22 @@ def select_separated(
                 reason[alive[hit]] = 2
                 block_gallery[alive] = screened
         alive = np.flatnonzero(reason == 0)
-        keep = resolve_in_order(screen, alive, near, exact_cosine(x, norms, x, norms))
+        among = exact_cosine(x, norms, x, norms)
+        keep = resolve_in_order_int8(unit, queries, alive, near, among) if queries is not None else None
+        if keep is None:
+            keep = resolve_in_order(screen(), alive, near, among)
         reason[alive[~keep]] = 1
         accepted = alive[keep][: count - n_kept]
+        accepted_share = max(len(accepted), 1) / len(x)
         used = len(x) if n_kept + len(accepted) < count else int(accepted[-1]) + 1
         drawn += used
         rejected_near += int((reason[:used] == 1).sum())
         rejected_gallery += int((reason[:used] == 2).sum())
-        kept.add(x, norms, screen, accepted)
+        kept.add(x, norms, accepted, unit, screen)
         gallery_max[n_kept : kept.count] = block_gallery[accepted]
         bar.update(len(accepted))
+        n_kept = kept.count
     bar.close()
-    n_kept = kept.count if kept is not None else 0
     if n_kept < count:
         cause = (
             "the sampler ran out of candidates"

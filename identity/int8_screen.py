@@ -1,150 +1,256 @@
-"""An int8 screen for CPUs: exact integer products through onnxruntime, about 2x a bfloat16 screen.
+"""An int8 screen for CPUs: exact integer products, about twice as fast as a bfloat16 screen.
 
-A frozen block of keys (accepted identities that will not change again) is quantised once to int8
-and handed to onnxruntime as a constant, so its integer GEMM packs it once and then runs at about
-twice the speed of a bfloat16 product on AVX512-VNNI CPUs. The graph returns only the largest
-integer product per query row, so nothing of size queries x keys leaves it.
+Accepted identities (keys) are quantised to int8 as they are accepted, with one scale shared by
+a growing group of keys (the screen compares products across keys, so they need a common scale).
+Candidates (queries) are quantised with one scale per row. ``torch._int_mm`` multiplies them in
+tiles small enough for the int32 products to stay in cache; from each tile only what the
+decision needs is taken (rows surely above the threshold, pairs too close to call), so nothing of
+size candidates x keys is ever stored.
 
 Error bound: a unit row ``u`` is stored as ``s * q`` with integer ``q``; the residual
 ``r = u - s * q`` is measured for every row in float64. Integer products are exact, so for unit
 rows ``|s_a s_b (q_a . q_b) - u_a . u_b| <= |r_a| + |r_b| + |r_a||r_b|`` (Cauchy-Schwarz).
-Rows whose screened maximum lies within that margin of the threshold are left to the bfloat16
-screen (``separation.screen_against``), which re-checks them pair by pair.
+Pairs whose screened cosine lies within that margin of the threshold are re-checked in float64.
 
-Value ranges keep every x86 kernel exact: queries are uint8 ``q + 127`` with ``|q| <= 127``, keys
-int8 with ``|q| <= 64``, so the pairwise int16 sums of AVX2's ``vpmaddubsw`` (``2 * 254 * 64``)
-cannot saturate; VNNI kernels accumulate in int32 directly.
+Value ranges keep the integer products exact: queries ``|q| <= 127``; keys ``|q| <= 127`` where
+the kernel accumulates in int32 (VNNI), ``|q| <= 64`` where it sums pairs in int16 (AVX2's
+``vpmaddubsw`` after oneDNN shifts queries to uint8: ``2 * 255 * 64`` cannot saturate). Which one
+applies is found by checking products of extreme values against exact integer arithmetic once per
+process (``key_levels``); if neither is exact, the screen is not used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 import torch
 
-QUERY_LEVELS = 127  # queries: |q| <= 127, stored as uint8 q + 127
-KEY_LEVELS = 64  # keys: |q| <= 64 as int8 (see the module docstring)
-# Largest products per onnxruntime call (int32): 256 MB, reused through a shared arena.
-CALL_ELEMENTS = 1 << 26
-# A frozen block whose rounding error would widen the margin beyond this is not worth screening
-# in int8 (nearly every row would fall back to bfloat16); such keys stay bfloat16-only.
+from facesynth.identity.separation import ExactFn, keep_in_order
+
+QUERY_LEVELS = 127  # queries: |q| <= 127
+KEY_LEVELS_INT16 = 64  # keys on kernels with int16 pair sums (see the module docstring); else 127
+# One integer product is TILE_ROWS x TILE_KEYS int32 (16 MB): small enough to stay in cache,
+# which makes the GEMM plus row maximum about 1.8x faster than one large product here.
+TILE_ROWS = 4096
+TILE_KEYS = 1024
+# Keys whose rounding error would widen the margin beyond this are not worth screening in int8
+# (nearly every pair would need an exact check); the caller keeps them in bfloat16.
 MAX_MARGIN = 0.08
+# A new group of keys gets this much room above its first rows' largest entry, so that later rows
+# from the same distribution fit in it.
+GROUP_HEADROOM = 1.15
 
 
 def int8_screen_available(device: torch.device) -> bool:
-    """The int8 screen is for CPUs; on a GPU the bfloat16 screen is faster."""
-    return device.type == "cpu"
+    """The int8 screen is for CPUs whose int8 GEMM is exact at our value ranges; GPUs use bfloat16."""
+    return device.type == "cpu" and key_levels() > 0
+
+
+@cache
+def key_levels() -> int:
+    """Largest key range ``|q| <= levels`` whose int8 products are exact on this CPU (0: none).
+
+    127 where the kernel accumulates in int32 (VNNI), 64 where it sums pairs in int16 (AVX2).
+    Checked on the extreme values, where an int16 intermediate would saturate.
+    """
+    if not hasattr(torch, "_int_mm"):
+        return 0
+    rng = np.random.default_rng(0)
+    for levels in (127, KEY_LEVELS_INT16):
+        for rows, cols in ((1024, 512), (3, 5)):  # a tile and a tiny product: kernels differ by shape
+            a = rng.integers(-QUERY_LEVELS, QUERY_LEVELS + 1, (rows, 512))
+            b = rng.integers(-levels, levels + 1, (512, cols))
+            a[:2], a[2:3] = QUERY_LEVELS, -QUERY_LEVELS
+            b[:, :2], b[:, 2:3] = levels, -levels
+            try:
+                got = torch._int_mm(torch.from_numpy(a.astype(np.int8)), torch.from_numpy(b.astype(np.int8)))
+            except RuntimeError:
+                return 0
+            # Float64 products of these integers are exact (< 2^53) and use BLAS, unlike int64 ones.
+            if not np.array_equal(got.numpy(), a.astype(np.float64) @ b.astype(np.float64)):
+                break
+        else:
+            return levels
+    return 0
+
+
+def _quantise(
+    unit: torch.Tensor, scale: torch.Tensor | float, levels: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Int8 codes of float32 unit rows at ``scale``, and a bound on each row's residual norm."""
+    q = torch.round(unit / scale).clamp_(-levels, levels)
+    err = (unit - scale * q).norm(dim=1).double().numpy()
+    # The float32 residual, its norm and the unit rows themselves are rounded: relative
+    # (D + 2) 2^-24 for the norm, and under 1e-6 absolute for rows of norm about 1.
+    return q.to(torch.int8), err * (1 + (unit.shape[1] + 2) * 2.0**-24) + 1e-6
 
 
 @dataclass
 class Int8Queries:
-    """Candidate rows quantised with one scale per row: ``unit[i] ~ scale[i] * (codes[i] - 127)``."""
+    """Candidate rows quantised with one scale per row: ``unit[i] ~ scale[i] * codes[i]``."""
 
-    codes: np.ndarray  # [N, D] uint8
+    codes: torch.Tensor  # [N, D] int8
     scale: np.ndarray  # [N] float64
     err: np.ndarray  # [N] float64 residual norms
 
     @classmethod
-    def of(cls, vectors: np.ndarray, norms: np.ndarray) -> Int8Queries:
-        unit = np.asarray(vectors, dtype=np.float64) / norms[:, None]
-        scale = np.abs(unit).max(axis=1) / QUERY_LEVELS
-        q = np.clip(np.rint(unit / scale[:, None]), -QUERY_LEVELS, QUERY_LEVELS)
-        err = np.linalg.norm(unit - scale[:, None] * q, axis=1)
-        return cls((q + QUERY_LEVELS).astype(np.uint8), scale, err)
+    def of(cls, unit: torch.Tensor) -> Int8Queries:
+        """Quantise float32 unit rows (``separation.unit_rows``)."""
+        scale = (unit.abs().amax(dim=1, keepdim=True) / QUERY_LEVELS).clamp_(min=1e-30)
+        codes, err = _quantise(unit, scale, QUERY_LEVELS)
+        return cls(codes, scale[:, 0].double().numpy(), err)
+
+
+@dataclass
+class NearPairs:
+    """What ``Int8Keys.scan`` found among ``rows`` (positions are into ``rows``)."""
+
+    above: np.ndarray  # [rows] bool: surely above the threshold against some key
+    row: np.ndarray  # [pairs] position of the row of a pair that may be above the threshold
+    key: np.ndarray  # [pairs] position of its key
+    sure: np.ndarray  # [pairs] bool: surely above
 
 
 class Int8Keys:
-    """A frozen block of keys, quantised with one shared scale and packed into an onnxruntime session."""
+    """Keys quantised at one shared ``scale``; rows can be appended while they fit that scale."""
 
-    def __init__(self, vectors: np.ndarray, norms: np.ndarray, offset: int) -> None:
-        self.offset = offset
-        self.count = len(vectors)
-        # One scale for the block: the screen needs max_j of products, and per-key scales would
-        # make the integer maximum meaningless.
-        self.scale = max(float(np.abs(unit).max()) for _, unit in _unit_rows(vectors, norms)) / KEY_LEVELS
-        codes = np.empty((vectors.shape[1], self.count), dtype=np.int8)  # transposed: [D, N]
-        self.err = 0.0
-        for start, unit in _unit_rows(vectors, norms):
-            q = np.clip(np.rint(unit / self.scale), -KEY_LEVELS, KEY_LEVELS)
-            self.err = max(self.err, float(np.linalg.norm(unit - self.scale * q, axis=1).max()))
-            codes[:, start : start + len(q)] = q.T
-        self._session = _row_max_session(codes)
+    def __init__(self, scale: float, dim: int, capacity: int) -> None:
+        self.scale = scale
+        # Preallocated but untouched memory costs nothing until rows are appended.
+        self.codes = torch.empty((capacity, dim), dtype=torch.int8)
+        self.err = np.empty(capacity, dtype=np.float64)
+        self.count = 0
 
-    def margin(self, queries: Int8Queries) -> np.ndarray:
-        """Per query row, the worst-case |screened - exact| cosine against any key of this block."""
-        # 1e-9 covers the float64 arithmetic of the residual norms and of the rescaling.
-        return queries.err + self.err + queries.err * self.err + 1e-9
+    @classmethod
+    def of(cls, unit: torch.Tensor, headroom: float = 1.0, capacity: int = 0) -> Int8Keys:
+        """Keys for float32 unit rows at the scale of their largest entry times ``headroom``;
+        ``capacity``: room for this many rows in all (at least these)."""
+        scale = float(unit.abs().max()) * headroom / key_levels()
+        keys = cls(scale, unit.shape[1], max(capacity, len(unit)))
+        keys.append(unit, max_err=np.inf)
+        return keys
 
-    def row_max(self, queries: Int8Queries, rows: np.ndarray) -> np.ndarray:
-        """Screened maximum cosine of each of ``queries[rows]`` over the block's keys (float64)."""
-        out = np.empty(len(rows), dtype=np.float64)
-        step = max(1, CALL_ELEMENTS // self.count)
-        for start in range(0, len(rows), step):
-            part = rows[start : start + step]
-            (best,) = self._session.run(None, {"queries": queries.codes[part]})
-            out[start : start + len(part)] = best * queries.scale[part] * self.scale
-        return out
+    def __len__(self) -> int:
+        return self.count
 
+    def fits(self, unit: torch.Tensor) -> bool:
+        return float(unit.abs().max()) <= self.scale * key_levels()
 
-def screen_rows(
-    keys: Int8Keys, queries: Int8Queries, rows: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``rows`` by their int8 maximum: (surely above ``threshold``, too close to call).
+    def append(self, unit: torch.Tensor, max_err: float = MAX_MARGIN / 2) -> np.ndarray:
+        """Append the rows (which must ``fit``) whose residual norm is at most ``max_err``.
 
-    The remaining rows are surely below ``threshold`` against every key of the block.
-    """
-    value = keys.row_max(queries, rows)
-    margin = keys.margin(queries)[rows]
-    above = value - margin > threshold
-    unsure = ~above & (value + margin >= threshold)
-    return rows[above], rows[unsure]
+        Returns the mask of rows appended; the others are too coarse in int8 for a useful margin.
+        """
+        codes, err = _quantise(unit, self.scale, key_levels())
+        fine = err <= max_err
+        n = int(fine.sum())
+        self.codes[self.count : self.count + n] = codes if fine.all() else codes[torch.from_numpy(fine)]
+        self.err[self.count : self.count + n] = err[fine]
+        self.count += n
+        return fine
 
+    def screen(self, queries: Int8Queries, rows: np.ndarray, threshold: float, exact: ExactFn) -> np.ndarray:
+        """Mask of ``queries[rows]`` with an exact cosine above ``threshold`` to some key.
 
-def _unit_rows(vectors: np.ndarray, norms: np.ndarray, block: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
-    """Float64 unit rows in blocks, so quantising a large block needs little extra memory."""
-    for start in range(0, len(vectors), block):
-        yield (
-            start,
-            np.asarray(vectors[start : start + block], dtype=np.float64) / norms[start : start + block, None],
+        ``exact(query rows, key positions)`` gives float64 cosines for the pairs too close to call.
+        """
+        return self.scan(queries, rows, threshold, exact=exact).above
+
+    def scan(
+        self,
+        queries: Int8Queries,
+        rows: np.ndarray,
+        threshold: float,
+        exact: ExactFn | None = None,
+        upper: bool = False,
+    ) -> NearPairs:
+        """Screen ``queries[rows]`` against the keys, one tile of keys at a time.
+
+        With ``exact``, the pairs too close to call are checked after each tile, and rows found
+        above drop out of later tiles. With ``upper``, the keys are these very rows in the same
+        order, only pairs (i, j) with i < j count, and every pair that may be above ``threshold``
+        is returned (with whether it surely is), since the caller needs them all.
+        """
+        n = len(rows)
+        above = np.zeros(n, dtype=bool)
+        found: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
+        for j in range(0, self.count, TILE_KEYS):
+            stop = min(self.count, j + TILE_KEYS)
+            keys = self.codes[j:stop].T
+            tile_err = float(self.err[j:stop].max())
+            # Rows still to scan: not yet above; with ``upper``, rows before the tile's last key.
+            pos = np.arange(min(n, stop - 1)) if upper else np.flatnonzero(~above)
+            if len(pos) == 0:
+                continue
+            scale = queries.scale[rows[pos]] * self.scale
+            margin = queries.err[rows[pos]] + tile_err + queries.err[rows[pos]] * tile_err + 1e-9
+            # Integer bounds: a product >= low may be above the threshold, one > high surely is.
+            low = _int32(np.floor((threshold - margin) / scale))
+            high = _int32(np.ceil((threshold + margin) / scale))
+            codes = queries.codes.index_select(0, torch.from_numpy(rows[pos]))
+            unsure: list[tuple[np.ndarray, torch.Tensor]] = []
+            for i in range(0, len(pos), TILE_ROWS):
+                # With ``upper``, keys up to the tile's first row come before all its rows: skipped.
+                first = max(j, i + 1) if upper else j
+                product = torch._int_mm(codes[i : i + TILE_ROWS], keys[:, first - j :])
+                if upper and i + len(product) > first:  # mask keys at or before the row
+                    later = torch.arange(first, stop)[None, :] > torch.arange(i, i + len(product))[:, None]
+                    product.masked_fill_(~later, _INT32_MIN)
+                lo, hi = low[i : i + len(product)], high[i : i + len(product)]
+                tile_max = product.amax(dim=1)
+                sure_rows = tile_max > hi
+                wanted = tile_max >= lo if upper else (tile_max >= lo) & ~sure_rows
+                near = wanted.nonzero().squeeze(1)
+                if len(near):
+                    sub = product.index_select(0, near)
+                    r, c = (sub >= lo[near, None]).nonzero(as_tuple=True)
+                    p = pos[i + near[r].numpy()]
+                    if upper:
+                        found.append((p, c + first, sub[r, c] > hi[near[r]]))
+                    else:
+                        unsure.append((p, c + first))
+                if not upper:
+                    above[pos[i + np.flatnonzero(sure_rows.numpy())]] = True
+            if unsure and exact is not None:
+                p = np.concatenate([p for p, _ in unsure])
+                c = torch.cat([c for _, c in unsure]).numpy()
+                check = ~above[p]  # rows found surely above meanwhile need no check
+                p, c = p[check], c[check]
+                above[p[exact(rows[p], c) > threshold]] = True
+        if not found:
+            empty = np.empty(0, dtype=np.int64)
+            return NearPairs(above, empty, empty, np.empty(0, dtype=bool))
+        return NearPairs(
+            above,
+            np.concatenate([p for p, _, _ in found]),
+            torch.cat([c for _, c, _ in found]).numpy(),
+            torch.cat([s for _, _, s in found]).numpy(),
         )
 
 
-def _row_max_session(keys_t: np.ndarray):
-    """An onnxruntime session computing ``max_j (queries - 127) @ keys_t[:, j]`` per query row."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMulInteger", ["queries", "keys", "zero"], ["products"]),
-            helper.make_node("ReduceMax", ["products"], ["row_max"], axes=[1], keepdims=0),
-        ],
-        "int8_row_max",
-        [helper.make_tensor_value_info("queries", TensorProto.UINT8, [None, keys_t.shape[0]])],
-        [helper.make_tensor_value_info("row_max", TensorProto.INT32, [None])],
-        [
-            numpy_helper.from_array(keys_t, "keys"),
-            helper.make_tensor("zero", TensorProto.UINT8, [], [QUERY_LEVELS]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # readable by every onnxruntime we support
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    # Idle sessions must not spin on the cores; all sessions share one arena for their products.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.use_env_allocators", "1")
-    _register_shared_arena()
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+_INT32_MIN = -(2**31)
 
 
-@cache
-def _register_shared_arena() -> None:
-    import onnxruntime as ort
+def _int32(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.clip(values, _INT32_MIN, 2**31 - 1).astype(np.int32))
 
-    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    # Extend by exactly what is asked (1), not the next power of two: products are large.
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+
+def resolve_in_order(
+    unit: torch.Tensor, queries: Int8Queries, rows: np.ndarray, threshold: float, exact: ExactFn
+) -> np.ndarray | None:
+    """``separation.resolve_in_order`` with the in-block products in int8 (None: rows too coarse for it).
+
+    ``unit`` and ``queries`` hold the whole candidate block; ``rows`` are the ones to resolve, in order.
+    """
+    if len(rows) == 0:
+        return np.ones(0, dtype=bool)
+    keys = Int8Keys.of(unit.index_select(0, torch.from_numpy(rows)))
+    if 2 * keys.err.max() > MAX_MARGIN:
+        return None
+    found = keys.scan(queries, rows, threshold, upper=True)
+    unsure = np.flatnonzero(~found.sure)
+    hit = unsure[exact(rows[found.row[unsure]], rows[found.key[unsure]]) > threshold]
+    above = np.r_[np.flatnonzero(found.sure), hit]
+    return keep_in_order(len(rows), found.row[above], found.key[above])

@@ -29,6 +29,7 @@ _FP32_UNIT_ROUNDOFF = 2.0**-24
 # Elements of one screened product (64 MB in bfloat16): large enough for fast GEMMs, small in memory.
 PRODUCT_ELEMENTS = 1 << 25
 _EXACT_PAIRS_PER_CHUNK = 1 << 15
+STRIP = 1024
 
 ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -92,13 +93,27 @@ class Screen:
         low = torch.empty(vectors.shape, dtype=SCREEN_DTYPE, device=device)
         err = 0.0
         for start in range(0, vectors.shape[0], block):
-            stop = start + block
-            unit = np.asarray(vectors[start:stop], dtype=np.float64) / norms[start:stop, None]
-            high = torch.from_numpy(unit.astype(np.float32)).to(device)
-            low[start:stop] = high.to(SCREEN_DTYPE)
-            err = max(err, float((low[start:stop].float() - high).norm(dim=1).max()))
+            part = cls.of_unit(
+                unit_rows(vectors[start : start + block], norms[start : start + block]), device
+            )
+            low[start : start + len(part.low)] = part.low
+            err = max(err, part.err)
+        return cls(low, err)
+
+    @classmethod
+    def of_unit(cls, unit: torch.Tensor, device: torch.device) -> Screen:
+        """The screen of float32 unit rows (``unit_rows``)."""
+        high = unit.to(device)
+        low = high.to(SCREEN_DTYPE)
+        err = float((low.float() - high).norm(dim=1).max())
         # 1e-6 covers the float32 unit rows (not exactly unit) and the error norm's own rounding.
         return cls(low, err + 1e-6)
+
+
+def unit_rows(vectors: np.ndarray, norms: np.ndarray) -> torch.Tensor:
+    """Rows times their reciprocal float64 norms, in float32 (a CPU tensor; within 2^-22 of unit rows)."""
+    rows = torch.from_numpy(np.require(vectors, dtype=np.float32, requirements="W"))  # copies read-only maps
+    return rows * torch.from_numpy(1.0 / norms).float()[:, None]
 
 
 def screen_margin(err_a: float, err_b: float, dim: int, level: float | None = None) -> float:
@@ -212,7 +227,8 @@ def resolve_in_order(screen: Screen, rows: np.ndarray, threshold: float, exact: 
     idx = torch.from_numpy(rows).to(device)
     low = screen.low.index_select(0, idx)
     pairs_i, pairs_j = [], []
-    strip = min(s, max(1, PRODUCT_ELEMENTS // s))
+    # Strips of at most STRIP rows: the triangle costs about half the square even for small blocks.
+    strip = min(s, STRIP, max(1, PRODUCT_ELEMENTS // s))
     earlier = torch.ones(strip, strip, dtype=torch.bool, device=device).tril()
     for start in range(0, s, strip):
         n = min(s, start + strip) - start
@@ -230,7 +246,15 @@ def resolve_in_order(screen: Screen, rows: np.ndarray, threshold: float, exact: 
             hit = exact(rows[ui], rows[uj]) > threshold
             pairs_i.append(ui[hit])
             pairs_j.append(uj[hit])
-    pi, pj = np.concatenate(pairs_i), np.concatenate(pairs_j)
+    return keep_in_order(s, np.concatenate(pairs_i), np.concatenate(pairs_j))
+
+
+def keep_in_order(count: int, pi: np.ndarray, pj: np.ndarray) -> np.ndarray:
+    """Sequential greedy over ``count`` rows given the pairs ``(pi[k] < pj[k])`` above the threshold.
+
+    A row is kept unless an earlier kept row is paired with it. Returns the kept mask.
+    """
+    kept = np.ones(count, dtype=bool)
     if len(pi):
         order = np.lexsort((pj, pi))
         pi, pj = pi[order], pj[order]

@@ -28,27 +28,36 @@ def test_20k_bank_is_exactly_separated_under_anisotropic_prior(dim: int, exponen
     assert max_offdiagonal_cosine(result.vectors) <= threshold - SAFETY
 
 
-def test_blocked_greedy_equals_naive_greedy():
+@pytest.mark.parametrize("int8", [True, False], ids=["int8-screen", "bf16-screen"])
+def test_blocked_greedy_equals_naive_greedy(int8: bool):
     pool = anisotropic_stream(48, 0.3, seed=3)(30_000)
     expected = naive_greedy(pool_stream(pool), 1500, 0.4)
-    result = select_separated(pool_stream(pool), 1500, 0.4, budget=30_000, block_size=700, device="cpu")
+    result = select_separated(
+        pool_stream(pool), 1500, 0.4, budget=30_000, block_size=700, device="cpu", int8=int8
+    )
     np.testing.assert_array_equal(result.vectors, expected)
     # A different block size visits the same stream and keeps the same identities.
-    again = select_separated(pool_stream(pool), 1500, 0.4, budget=30_000, block_size=128, device="cpu")
+    again = select_separated(
+        pool_stream(pool), 1500, 0.4, budget=30_000, block_size=128, device="cpu", int8=int8
+    )
     np.testing.assert_array_equal(again.vectors, expected)
     assert result.drawn == again.drawn
 
 
 def test_products_split_into_many_strips_give_the_same_bank(monkeypatch: pytest.MonkeyPatch):
-    # Small products: every block is resolved in many strips and screened against many key chunks.
+    # Small bfloat16 products: every block is resolved in many strips and screened in many chunks.
     monkeypatch.setattr(separation, "PRODUCT_ELEMENTS", 3000)
+    monkeypatch.setattr(separation, "STRIP", 40)
     pool = anisotropic_stream(48, 0.3, seed=3)(8000)
     expected = naive_greedy(pool_stream(pool), 600, 0.4)
-    result = select_separated(pool_stream(pool), 600, 0.4, budget=8000, block_size=300, device="cpu")
+    result = select_separated(
+        pool_stream(pool), 600, 0.4, budget=8000, block_size=300, device="cpu", int8=False
+    )
     np.testing.assert_array_equal(result.vectors, expected)
 
 
-def test_borderline_pairs_are_decided_in_float64():
+@pytest.mark.parametrize("int8", [True, False], ids=["int8-screen", "bf16-screen"])
+def test_borderline_pairs_are_decided_in_float64(int8: bool):
     # Pairs planted at cosines within the screen's error of the threshold, on both sides.
     rng = np.random.default_rng(0)
     dim, threshold = 64, 0.3
@@ -65,7 +74,7 @@ def test_borderline_pairs_are_decided_in_float64():
     expected = naive_greedy(pool_stream(pool), len(pool), threshold)
     assert 150 < len(expected) < 400  # both sides of the threshold are represented
     result = select_separated(
-        pool_stream(pool), len(expected), threshold, budget=len(pool), block_size=64, device="cpu"
+        pool_stream(pool), len(expected), threshold, budget=len(pool), block_size=64, device="cpu", int8=int8
     )
     np.testing.assert_array_equal(result.vectors, expected)
     assert max_offdiagonal_cosine(result.vectors) <= threshold - SAFETY
