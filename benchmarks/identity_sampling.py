@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.3)
     parser.add_argument("--a-count", type=int, default=20_000)
     parser.add_argument("--a-pool", type=int, default=3, help="(a) draws this many candidates per identity")
-    parser.add_argument("--a-rounds", type=int, default=3, help="(a) timed rounds of both methods")
+    parser.add_argument("--a-rounds", type=int, default=5, help="(a) timed rounds of both methods")
     parser.add_argument("--b-count", type=int, default=100_000)
     parser.add_argument("--gallery", type=int, default=1_000_000)
     parser.add_argument("--gallery-prior-share", type=float, default=0.0005)

@@ -4,7 +4,8 @@
 and kept unless their cosine to an already kept identity exceeds ``max_cosine`` or their cosine
 to a gallery vector reaches ``max_gallery_cosine``. The result equals the naive one-by-one greedy
 over the same candidate stream, but is computed block by block with matrix products
-(see ``facesynth.identity.separation`` for the screen and its exact re-check).
+(see ``facesynth.identity.separation`` for the bfloat16 screen and its exact re-check, and
+``facesynth.identity.int8_screen`` for the int8 screen used on CPUs).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class BankOptions(StrictOptions):
         0.3, gt=-1, le=1, description="candidates at or above this cosine to a gallery vector are rejected"
     )
     candidate_budget: int | None = Field(None, ge=1, description="most candidates drawn (default 20 x count)")
-    block_size: int = Field(8192, ge=16, le=1 << 16, description="candidates checked per matrix product")
+    block_size: int = Field(
+        8192, ge=16, le=1 << 16, description="largest candidate block (blocks grow to it as the bank grows)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     spread: SpreadOptions | None = Field(None, description="optional repulsion that spreads the bank out")
     bank: Path | None = Field(None, description="use this prebuilt bank file instead of sampling")

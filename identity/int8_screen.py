@@ -124,11 +124,9 @@ class Int8Keys:
         self.count = 0
 
     @classmethod
-    def of(cls, unit: torch.Tensor, headroom: float = 1.0, capacity: int = 0) -> Int8Keys:
-        """Keys for float32 unit rows at the scale of their largest entry times ``headroom``;
-        ``capacity``: room for this many rows in all (at least these)."""
-        scale = float(unit.abs().max()) * headroom / key_levels()
-        keys = cls(scale, unit.shape[1], max(capacity, len(unit)))
+    def of(cls, unit: torch.Tensor) -> Int8Keys:
+        """Keys for all these float32 unit rows, at the scale of their largest entry."""
+        keys = cls(float(unit.abs().max()) / key_levels(), unit.shape[1], len(unit))
         keys.append(unit, max_err=np.inf)
         return keys
 
@@ -176,6 +174,7 @@ class Int8Keys:
         n = len(rows)
         above = np.zeros(n, dtype=bool)
         found: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
+        codes: torch.Tensor | None = None
         for j in range(0, self.count, TILE_KEYS):
             stop = min(self.count, j + TILE_KEYS)
             keys = self.codes[j:stop].T
@@ -189,7 +188,8 @@ class Int8Keys:
             # Integer bounds: a product >= low may be above the threshold, one > high surely is.
             low = _int32(np.floor((threshold - margin) / scale))
             high = _int32(np.ceil((threshold + margin) / scale))
-            codes = queries.codes.index_select(0, torch.from_numpy(rows[pos]))
+            if codes is None or len(codes) != len(pos):  # gather again only when rows dropped out
+                codes = queries.codes.index_select(0, torch.from_numpy(rows[pos]))
             unsure: list[tuple[np.ndarray, torch.Tensor]] = []
             for i in range(0, len(pos), TILE_ROWS):
                 # With ``upper``, keys up to the tile's first row come before all its rows: skipped.

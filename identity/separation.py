@@ -147,10 +147,11 @@ def exact_cosine(a: np.ndarray, a_norms: np.ndarray, b: np.ndarray, b_norms: np.
         for start in range(0, len(i), _EXACT_PAIRS_PER_CHUNK):
             ii, jj = i[start : start + _EXACT_PAIRS_PER_CHUNK], j[start : start + _EXACT_PAIRS_PER_CHUNK]
             order = np.argsort(jj, kind="stable")  # sorted reads are kinder to memory maps
-            rows_b = np.empty((len(jj), b.shape[1]), dtype=np.float64)
+            rows_b = np.empty((len(jj), b.shape[1]), dtype=b.dtype)
             rows_b[order] = b[jj[order]]
-            rows_a = np.asarray(a[ii], dtype=np.float64)
-            out[start : start + len(ii)] = np.einsum("ij,ij->i", rows_a, rows_b) / (a_norms[ii] * b_norms[jj])
+            # Products of two float32 numbers are exact in float64, and so summed in float64.
+            dots = np.einsum("ij,ij->i", a[ii], rows_b, dtype=np.float64)
+            out[start : start + len(ii)] = dots / (a_norms[ii] * b_norms[jj])
         return out
 
     return cosines
