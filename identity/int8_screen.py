@@ -195,9 +195,11 @@ class Int8Keys:
                 # With ``upper``, keys up to the tile's first row come before all its rows: skipped.
                 first = max(j, i + 1) if upper else j
                 product = torch._int_mm(codes[i : i + TILE_ROWS], keys[:, first - j :])
-                if upper and i + len(product) > first:  # mask keys at or before the row
-                    later = torch.arange(first, stop)[None, :] > torch.arange(i, i + len(product))[:, None]
-                    product.masked_fill_(~later, _INT32_MIN)
+                if upper and i + len(product) > first:
+                    # Rows first.. meet keys first.. on the diagonal: mask keys at or before the row.
+                    diagonal = product[first - i : stop - i]
+                    width = stop - first
+                    diagonal.masked_fill_(_at_or_before(width)[: len(diagonal)], _INT32_MIN)
                 lo, hi = low[i : i + len(product)], high[i : i + len(product)]
                 tile_max = product.amax(dim=1)
                 sure_rows = tile_max > hi
@@ -231,6 +233,12 @@ class Int8Keys:
 
 
 _INT32_MIN = -(2**31)
+
+
+@cache
+def _at_or_before(width: int) -> torch.Tensor:
+    """[width, width] mask of key c at or before row r (c <= r)."""
+    return torch.ones(width, width, dtype=torch.bool).tril()
 
 
 def _int32(values: np.ndarray) -> torch.Tensor:

@@ -69,13 +69,14 @@ def row_norms64(vectors: np.ndarray, what: str = "vectors", block: int = 65536) 
     """Float64 row norms, read in blocks (works on memory maps); NaN, infinite or zero rows are errors."""
     norms = np.empty(vectors.shape[0], dtype=np.float64)
     for start in range(0, vectors.shape[0], block):
-        rows = np.asarray(vectors[start : start + block], dtype=np.float64)
+        rows = np.asarray(vectors[start : start + block])
         bad = ~np.isfinite(rows).all(axis=1)
         if bad.any():
             raise UserInputError(
                 f"{what} row {start + int(np.argmax(bad))} contains NaN or infinite values; remove or fix it"
             )
-        norms[start : start + len(rows)] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        # Squares and sums in float64, without a float64 copy of the rows.
+        norms[start : start + len(rows)] = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
     if (norms == 0).any():
         raise UserInputError(f"{what} row {int(np.argmax(norms == 0))} is all zeros and has no direction")
     return norms
