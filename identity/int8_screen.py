@@ -198,8 +198,9 @@ class Int8Keys:
                 if upper and i + len(product) > first:
                     # Rows first.. meet keys first.. on the diagonal: mask keys at or before the row.
                     diagonal = product[first - i : stop - i]
-                    width = stop - first
-                    diagonal.masked_fill_(_at_or_before(width)[: len(diagonal)], _INT32_MIN)
+                    diagonal.masked_fill_(
+                        _at_or_before(TILE_KEYS)[: len(diagonal), : stop - first], _INT32_MIN
+                    )
                 lo, hi = low[i : i + len(product)], high[i : i + len(product)]
                 tile_max = product.amax(dim=1)
                 sure_rows = tile_max > hi
@@ -237,7 +238,7 @@ _INT32_MIN = -(2**31)
 
 @cache
 def _at_or_before(width: int) -> torch.Tensor:
-    """[width, width] mask of key c at or before row r (c <= r)."""
+    """[width, width] mask of key c at or before row r (c <= r); sliced for smaller squares."""
     return torch.ones(width, width, dtype=torch.bool).tril()
 
 
