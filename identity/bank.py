@@ -32,7 +32,6 @@ from facesynth.identity.int8_screen import (
     Int8Keys,
     Int8Queries,
     int8_screen_available,
-    key_levels,
 )
 from facesynth.identity.int8_screen import resolve_in_order as resolve_in_order_int8
 from facesynth.identity.separation import (
@@ -212,7 +211,6 @@ class KeptVectors:
         self.raw = np.empty((capacity, dim), dtype=np.float32)
         self.norms = np.empty(capacity, dtype=np.float64)
         self.count = 0
-        self.capacity = capacity
         self.int8 = int8 and int8_screen_available(device)
         self.groups: list[KeyGroup] = []
         # Rows screened in bfloat16: all of them without int8, else the few too coarse for it.
@@ -243,8 +241,8 @@ class KeptVectors:
         part = unit.index_select(0, torch.from_numpy(rows))
         group = min((g for g in self.groups if g.keys.fits(part)), key=lambda g: g.keys.scale, default=None)
         if group is None:  # the first rows, or rows with larger entries than any group allows
-            scale = float(part.abs().max()) * GROUP_HEADROOM / key_levels()
-            group = KeyGroup(Int8Keys(scale, part.shape[1], self.capacity), np.empty(self.capacity, np.int64))
+            capacity = len(self.raw)
+            group = KeyGroup(Int8Keys.fitting(part, capacity, GROUP_HEADROOM), np.empty(capacity, np.int64))
             self.groups.append(group)
         first = group.keys.count
         fine = group.keys.append(part)

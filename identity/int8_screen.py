@@ -124,9 +124,14 @@ class Int8Keys:
         self.count = 0
 
     @classmethod
+    def fitting(cls, unit: torch.Tensor, capacity: int, headroom: float = 1.0) -> Int8Keys:
+        """Empty keys whose scale fits these float32 unit rows' largest entry times ``headroom``."""
+        return cls(float(unit.abs().max()) * headroom / key_levels(), unit.shape[1], capacity)
+
+    @classmethod
     def of(cls, unit: torch.Tensor) -> Int8Keys:
         """Keys for all these float32 unit rows, at the scale of their largest entry."""
-        keys = cls(float(unit.abs().max()) / key_levels(), unit.shape[1], len(unit))
+        keys = cls.fitting(unit, len(unit))
         keys.append(unit, max_err=np.inf)
         return keys
 

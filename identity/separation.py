@@ -218,9 +218,8 @@ def resolve_in_order(screen: Screen, rows: np.ndarray, threshold: float, exact: 
     Returns the kept mask over ``rows``.
     """
     s = len(rows)
-    kept = np.ones(s, dtype=bool)
     if s == 0:
-        return kept
+        return np.ones(0, dtype=bool)
     dim = screen.low.shape[1]
     margin = screen_margin(screen.err, screen.err, dim, threshold)
     low_cut = bf16_floor(threshold - margin)
