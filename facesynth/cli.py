@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to push to (created if needed; default main)")
     p.add_argument("--dry-run", action="store_true", help="print the upload plan, upload nothing")
 
+    p = sub.add_parser("train", help="train a face-recognition model on a dataset (resumable)")
+    p.add_argument("dataset", help="facesynth dataset folder (or parquet file)")
+    p.add_argument("--recipe", required=True, help="training recipe YAML (recipes/train/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("export", help="write a finished dataset as ImageFolder, RecordIO or WebDataset")
     p.add_argument("out", help="finished output folder")
     p.add_argument("dest", help="destination folder")
@@ -248,7 +255,14 @@ COMMANDS = {
     "finalize": cmd_finalize,
     "push": cmd_push,
     "export": cmd_export,
+    "train": lambda args: _stage_command("facesynth.recognition.train", "cmd_train", args),
 }
+
+
+def _stage_command(module: str, name: str, args: argparse.Namespace) -> int:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)(args)
 
 
 def _one_line(exc: BaseException) -> str:
