@@ -149,10 +149,14 @@ class EpochBatches(torch.utils.data.Sampler):
 # ----------------------------------------------------------------------------- augmentation
 
 
-def _rand_augment_ops(size: tuple[int, int], bins: int) -> dict[str, np.ndarray | None]:
-    """torchvision RandAugment's operations and magnitude tables (signed ones flip sign at random)."""
+def _rand_augment_ops(size: tuple[int, int], bins: int, variant: str) -> dict[str, np.ndarray | None]:
+    """RandAugment's operations and magnitude tables (signed ones flip sign at random).
+
+    ``torchvision``: torchvision's 14 operations. ``idiff-face``: IDiff-Face's training copy
+    (face_recognition_training/utils/rand_augment.py): no ShearY/TranslateY, plus Grayscale.
+    """
     w, h = size
-    return {
+    ops: dict[str, np.ndarray | None] = {
         "Identity": None,
         "ShearX": np.linspace(0.0, 0.3, bins),
         "ShearY": np.linspace(0.0, 0.3, bins),
@@ -168,6 +172,10 @@ def _rand_augment_ops(size: tuple[int, int], bins: int) -> dict[str, np.ndarray 
         "AutoContrast": None,
         "Equalize": None,
     }
+    if variant == "idiff-face":
+        del ops["ShearY"], ops["TranslateY"]
+        ops["Grayscale"] = None
+    return ops
 
 
 _SIGNED = {
@@ -204,17 +212,30 @@ def _apply_op(img: Image.Image, op: str, mag: float) -> Image.Image:
         return ImageOps.autocontrast(img)
     if op == "Equalize":
         return ImageOps.equalize(img)
+    if op == "Grayscale":
+        return ImageOps.grayscale(img).convert("RGB")
     return img
 
 
-def rand_augment(img: Image.Image, rng: np.random.Generator, num_ops: int, magnitude: int, bins: int = 31):
-    """RandAugment (Cubuk et al.) with torchvision's operation set and magnitude bins."""
-    ops = _rand_augment_ops(img.size, bins)
+def rand_augment(
+    img: Image.Image,
+    rng: np.random.Generator,
+    num_ops: int,
+    magnitude: int,
+    variant: str = "torchvision",
+    bins: int = 31,
+) -> Image.Image:
+    """RandAugment (Cubuk et al.) with torchvision's magnitude bins and fill 0.
+
+    ``idiff-face`` also draws each operation's magnitude bin uniformly from 1..magnitude, as IDiff-Face does.
+    """
+    ops = _rand_augment_ops(img.size, bins, variant)
     names = list(ops)
     for _ in range(num_ops):
         op = names[int(rng.integers(len(names)))]
         table = ops[op]
-        mag = float(table[magnitude]) if table is not None else 0.0
+        level = int(rng.integers(1, magnitude + 1)) if variant == "idiff-face" else magnitude
+        mag = float(table[level]) if table is not None else 0.0
         if op in _SIGNED and rng.random() < 0.5:
             mag = -mag
         img = _apply_op(img, op, mag)
@@ -256,8 +277,10 @@ class FaceDataset(torch.utils.data.Dataset):
         flip: bool = True,
         random_erasing: float = 0.0,
         rand_augment: tuple[int, int] | None = None,
+        rand_augment_variant: str = "torchvision",
         size: int = 112,
     ) -> None:
+        self.variant = rand_augment_variant
         self.reader, self.seed, self.flip, self.erasing, self.randaug, self.size = (
             reader,
             seed,
@@ -282,7 +305,7 @@ class FaceDataset(torch.utils.data.Dataset):
         if self.flip and rng.random() < 0.5:
             img = ImageOps.mirror(img)
         if self.randaug is not None:
-            img = rand_augment(img, rng, *self.randaug)
+            img = rand_augment(img, rng, *self.randaug, variant=self.variant)
         x = to_tensor(img)
         if self.erasing > 0:
             x = random_erasing(x, rng, self.erasing)

@@ -5,6 +5,7 @@ IBasicBlock with bn1/conv1/bn2/prelu/conv2/bn3/downsample.0/1, bn2, dropout, fc,
 published checkpoints load with ``strict=True`` and ours load there. Input: [N, 3, 112, 112] RGB
 scaled to [-1, 1]; output: [N, num_features] (not normalised).
 
+``se=True`` gives the IR-SE variant of Vec2Face's harness (see ``ir_se50``).
 ``width`` (channels of layer1; arcface_torch uses 64) and ``layers`` (blocks per stage) exist only
 to make tiny CPU models for tests; with their defaults the model is the published one.
 """
@@ -30,10 +31,31 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
-class IBasicBlock(nn.Module):
-    """Pre-activation-style residual block: BN-conv-BN-PReLU-conv(stride)-BN plus shortcut."""
+class SEModule(nn.Module):
+    """Squeeze-and-excitation gate (reduction 16, bias-free 1x1 convs) as in the IR-SE harness."""
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+
+
+class IBasicBlock(nn.Module):
+    """Pre-activation-style residual block: BN-conv-BN-PReLU-conv(stride)-BN plus shortcut.
+
+    With ``se`` the block has an ``attn`` SE gate that, as in HaiyuWu/SOTA-Face-Recognition-Train-and-Test
+    (Vec2Face's harness, ``mode="se"``), gates the shortcut rather than the residual branch.
+    """
+
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
         self.conv1 = _conv3x3(cin, planes)
@@ -42,10 +64,13 @@ class IBasicBlock(nn.Module):
         self.conv2 = _conv3x3(planes, planes, stride)
         self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
         self.downsample = downsample
+        self.attn = SEModule(planes) if se else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
         shortcut = x if self.downsample is None else self.downsample(x)
+        if self.attn is not None:
+            shortcut = self.attn(shortcut)
         return out + shortcut
 
 
@@ -60,6 +85,7 @@ class IResNet(nn.Module):
         fp16: bool = False,
         width: int = 64,
         input_size: int = 112,
+        se: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
@@ -73,7 +99,7 @@ class IResNet(nn.Module):
         cin = width
         for index, blocks in enumerate(layers):
             planes = width * 2**index
-            stage, cin = self._stage(cin, planes, blocks), planes
+            stage, cin = self._stage(cin, planes, blocks, se), planes
             setattr(self, f"layer{index + 1}", stage)
         self.bn2 = nn.BatchNorm2d(cin, eps=1e-5)
         self.dropout = nn.Dropout(p=dropout, inplace=True)
@@ -83,13 +109,15 @@ class IResNet(nn.Module):
         self._init_weights()
 
     @staticmethod
-    def _stage(cin: int, planes: int, blocks: int) -> nn.Sequential:
-        # The first block of every stage halves the resolution, so it always has a projection shortcut.
+    def _stage(cin: int, planes: int, blocks: int, se: bool) -> nn.Sequential:
+        # The first block of every stage halves the resolution, so it always has a projection shortcut;
+        # in the IR-SE harness only that first block gets the SE gate (later ones are built without it).
         downsample = nn.Sequential(
             nn.Conv2d(cin, planes, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(planes, eps=1e-5)
         )
         return nn.Sequential(
-            IBasicBlock(cin, planes, 2, downsample), *(IBasicBlock(planes, planes) for _ in range(blocks - 1))
+            IBasicBlock(cin, planes, 2, downsample, se),
+            *(IBasicBlock(planes, planes) for _ in range(blocks - 1)),
         )
 
     def _init_weights(self) -> None:
@@ -120,3 +148,11 @@ def iresnet(name: str, **kw) -> IResNet:
         raise ValueError(f"unknown IResNet {name!r}; choose one of {', '.join(ARCHS)}")
     kw.setdefault("layers", ARCHS[name])
     return IResNet(**kw)
+
+
+def ir_se50(**kw) -> IResNet:
+    """IR-SE-50 of Vec2Face's training harness (HaiyuWu/SOTA-Face-Recognition-Train-and-Test
+    ``iresnet("50", mode="se")``): IResNet-50 with SE-gated shortcuts; that harness's dropout is 0.4.
+    """
+    kw.setdefault("dropout", 0.4)
+    return iresnet("r50", se=True, **kw)

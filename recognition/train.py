@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from facesynth import layout
 from facesynth.errors import RecipeError, UserInputError
@@ -53,9 +53,7 @@ class ModelOptions(StrictOptions):
     backbone: Literal["r18", "r34", "r50", "r100", "r200", "ir_se50"] = "r50"
     embedding_size: int = Field(512, ge=8)
     dropout: float = Field(0.0, ge=0, lt=1)
-    width: int | None = Field(
-        None, ge=4, description="IResNet channels of layer1 (64 = published); tests only"
-    )
+    width: int | None = Field(None, ge=4, description="channels of layer1 (64 = published); tests only")
     layers: list[int] | None = Field(
         None, min_length=4, max_length=4, description="blocks per stage; tests only"
     )
@@ -83,6 +81,7 @@ class DataOptions(StrictOptions):
     flip: bool = True
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability (torchvision RandomErasing)")
     rand_augment: tuple[int, int] | None = Field(None, description="[num_ops, magnitude] of RandAugment")
+    rand_augment_variant: Literal["torchvision", "idiff-face"] = "torchvision"
     shuffle_window: int = Field(4, ge=1, description="row groups shuffled together")
 
 
@@ -91,13 +90,20 @@ class OptimOptions(StrictOptions):
     lr: float = Field(0.1, gt=0)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    clip_grad_norm: float | None = Field(None, gt=0, description="arcface_torch clips the backbone at 5")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="backbone gradient norm clip (arcface_torch: 5)"
+    )
+    clip_head_grad_norm: float | None = Field(
+        None, gt=0, description="head gradient norm clip (IDiff-Face: 5)"
+    )
 
 
 class ScheduleOptions(StrictOptions):
     epochs: int = Field(20, ge=1)
     kind: Literal["step", "poly"] = "step"
-    milestones: list[int] = Field(default_factory=list, description="epochs where lr *= gamma (kind: step)")
+    milestones: list[int] = Field(
+        default_factory=list, description="lr *= gamma once this many epochs are done (kind: step)"
+    )
     gamma: float = 0.1
     warmup_epochs: float = Field(0.0, ge=0)
     power: float = Field(1.0, description="kind: poly (arcface_torch: 1, linear decay to 0)")
@@ -122,12 +128,6 @@ class TrainRecipe(StrictOptions):
     checkpoint_every: int = Field(1000, ge=1, description="steps; also at every epoch end and at the end")
     log_with: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     validate_: ValidateOptions = Field(default_factory=ValidateOptions, alias="validate")
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainRecipe:
-        if self.model.backbone == "ir_se50" and (self.model.width or self.model.layers):
-            raise ValueError("model.width/layers apply to IResNet backbones (r18..r200) only")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -174,19 +174,15 @@ def train_recipe_json_schema() -> dict[str, Any]:
 
 
 def build_backbone(options: ModelOptions) -> torch.nn.Module:
-    """The backbone a recipe names (IResNet in arcface_torch layout, or IR-SE-50)."""
-    if options.backbone == "ir_se50":
-        from facesynth.recognition.irse import ir_se50
-
-        return ir_se50(num_features=options.embedding_size, dropout=options.dropout)
-    from facesynth.recognition.iresnet import iresnet
+    """The backbone a recipe names: an arcface_torch IResNet, or the IR-SE-50 of Vec2Face's harness."""
+    from facesynth.recognition.iresnet import ir_se50, iresnet
 
     kw: dict[str, Any] = {"num_features": options.embedding_size, "dropout": options.dropout}
     if options.width:
         kw["width"] = options.width
     if options.layers:
         kw["layers"] = tuple(options.layers)
-    return iresnet(options.backbone, **kw)
+    return ir_se50(**kw) if options.backbone == "ir_se50" else iresnet(options.backbone, **kw)
 
 
 def lr_factor(schedule: ScheduleOptions, steps_per_epoch: int) -> Callable[[int], float]:
@@ -407,6 +403,7 @@ def train(
         flip=recipe.data.flip,
         random_erasing=recipe.data.random_erasing,
         rand_augment=recipe.data.rand_augment,
+        rand_augment_variant=recipe.data.rand_augment_variant,
     )
     bar = tqdm(
         total=total_steps, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True
@@ -443,6 +440,8 @@ def train(
             accelerator.backward(loss)
             if recipe.optim.clip_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad_norm)
+            if recipe.optim.clip_head_grad_norm:
+                accelerator.clip_grad_norm_(head.parameters(), recipe.optim.clip_head_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facesynth.recognition.iresnet import ARCHS, IResNet, iresnet
+from facesynth.recognition.iresnet import ARCHS, IResNet, ir_se50, iresnet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -58,3 +58,19 @@ def test_tiny_model_runs_and_freezes_the_feature_scale() -> None:
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="r50"):
         iresnet("r51")
+
+
+def test_ir_se50_layout_and_output_equal_vec2face_harness() -> None:
+    """IR-SE against HaiyuWu/SOTA-Face-Recognition-Train-and-Test (fixtures/make_irse_fixture.py)."""
+    harness = json.loads((FIXTURES / "vec2face_irse.json").read_text())
+    assert [[k, list(v.shape)] for k, v in ir_se50().state_dict().items()] == harness["r50_se_keys"]
+    make = _fixture_module()
+    model = iresnet("r18", se=True)
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == harness["r18_se_keys"]
+    model.load_state_dict(make.fill_weights(model.state_dict()), strict=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(make.make_input())
+    expected = torch.tensor(harness["r18_se_output"])
+    assert (out - expected).abs().max().item() < 1e-3 * expected.abs().max().item()
+    assert ir_se50().dropout.p == 0.4  # the harness's default
