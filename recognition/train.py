@@ -57,6 +57,9 @@ class ModelOptions(StrictOptions):
     layers: list[int] | None = Field(
         None, min_length=4, max_length=4, description="blocks per stage; tests only"
     )
+    input_size: int = Field(
+        112, ge=16, multiple_of=16, description="image side (112 = published); tests only"
+    )
 
 
 class HeadOptions(StrictOptions):
@@ -177,7 +180,11 @@ def build_backbone(options: ModelOptions) -> torch.nn.Module:
     """The backbone a recipe names: an arcface_torch IResNet, or the IR-SE-50 of Vec2Face's harness."""
     from facesynth.recognition.iresnet import ir_se50, iresnet
 
-    kw: dict[str, Any] = {"num_features": options.embedding_size, "dropout": options.dropout}
+    kw: dict[str, Any] = {
+        "num_features": options.embedding_size,
+        "dropout": options.dropout,
+        "input_size": options.input_size,
+    }
     if options.width:
         kw["width"] = options.width
     if options.layers:
@@ -404,6 +411,7 @@ def train(
         random_erasing=recipe.data.random_erasing,
         rand_augment=recipe.data.rand_augment,
         rand_augment_variant=recipe.data.rand_augment_variant,
+        size=recipe.model.input_size,
     )
     bar = tqdm(
         total=total_steps, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True
@@ -484,7 +492,7 @@ def train(
     if main:
         net = accelerator.unwrap_model(model).float().cpu().eval()
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / MODEL))
-        export_onnx(net, out / ONNX)
+        export_onnx(net, out / ONNX, recipe.model.input_size)
     accelerator.end_training()
     return last
 
