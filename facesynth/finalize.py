@@ -68,6 +68,32 @@ def _check_exactly_once(out: Path, units: list[dict[str, Any]], tables: list[pa.
             )
 
 
+def check_one_generator(out: Path, units: list[dict[str, Any]]) -> None:
+    """Refuse to merge units whose generator provenance differs (e.g. weights resolved to another revision).
+
+    Each done-marker holds the generator's ``describe()``; paths are left out of the comparison
+    (workers on different hosts find the same weights in different places).
+    """
+
+    def made_by(marker: dict[str, Any]) -> dict[str, Any]:
+        generator = marker.get("generator") or {}
+        return {k: v for k, v in generator.items() if not k.endswith("_path")}
+
+    reference = made_by(units[0]) if units else {}
+    for u, marker in enumerate(units):
+        differs = sorted(
+            k for k in reference.keys() | made_by(marker).keys() if made_by(marker).get(k) != reference.get(k)
+        )
+        if differs:
+            first = differs[0]
+            raise FacesynthError(
+                f"unit {u} of {out} was made by another generator than unit 0 ({first}: "
+                f"{made_by(marker).get(first)!r} vs {reference.get(first)!r}); delete "
+                f"{layout.unit_done_marker(out, u).name} in {layout.UNITS}/ (and the units like it) and rerun "
+                "to remake them with one generator"
+            )
+
+
 def finalize(out: str | Path) -> dict[str, Any]:
     """Merge the finished units of ``out`` into ``data/``, side tables, ``README.md`` and ``stats.json``."""
     out = Path(out).resolve()
@@ -78,6 +104,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{out} is not a facesynth output (no {layout.RUN})")
     recipe = load_recipe(out / layout.RECIPE, need_generation=False)
     units = _read_units(out, run["num_units"])
+    check_one_generator(out, units)
     from facesynth.filters import FILTERS, load_filter
     from facesynth.identity.bank import IdentityBank
 
