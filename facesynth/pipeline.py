@@ -145,7 +145,8 @@ class Worker:
         from PIL import Image
 
         image = Image.fromarray(c.face.aligned) if use_crop else c.image  # type: ignore[union-attr]
-        name = c.source or f"{c.identity:07d}_{c.attempt:04d}.{EXTENSIONS[out.image_format]}"
+        stem = c.source.rsplit(".", 1)[0] if c.source else f"{c.identity:07d}_{c.attempt:04d}"
+        name = f"{stem}.{EXTENSIONS[out.image_format]}"  # re-encoded: the name says the new format
         row = {
             "image": {"bytes": encode_image(image, out.image_format, out.quality), "path": name},
             "label": -1,
