@@ -16,24 +16,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Features, Sequence, Value
+from datasets import Features
 
 from facesynth import __version__, layout
 from facesynth.card import write_card
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.recipe import load_recipe
 from facesynth.runner import read_run
-from facesynth.writer import ParquetShardWriter, dataset_features, rejected_features, write_table
-
-IDENTITY_FEATURES = {
-    "identity": Value("int64"),
-    "name": Value("string"),  # the input's folder or label, when filtering an existing dataset
-    "label": Value("int32"),
-    "images_kept": Value("int32"),
-    "attempts": Value("int32"),
-    "drop_reason": Value("string"),
-    "vector": Sequence(Value("float32")),
-}
+from facesynth.schema import (
+    CENTROID_PREFIX,
+    IDENTITY_TABLE,
+    UNIT_IDENTITY_COLUMNS,
+    features_of,
+    rejected_features,
+    score_columns_of,
+)
+from facesynth.writer import ParquetShardWriter, write_table
 
 
 def is_finalized(out: Path) -> bool:
@@ -110,9 +108,8 @@ def finalize(out: str | Path) -> dict[str, Any]:
 
     # The columns travel in the unit files; only filters with a dataset-wide pass are built, as
     # building a filter can load models (detectors, embedders).
-    features = Features.from_arrow_schema(pq.read_schema(layout.unit_stem(out, 0).with_suffix(".parquet")))
-    base = dataset_features([])
-    columns = [name for name in features if name not in base]
+    features = features_of(layout.unit_stem(out, 0).with_suffix(".parquet"))
+    columns = score_columns_of(features)
     passes = [
         load_filter(f.name, **f.options)
         for f in recipe.filters
@@ -121,9 +118,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
 
     tables = [_read(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))]
     _check_exactly_once(out, units, tables)
-    identities = pa.concat_tables(
-        [t.select(["identity", "name", "images_kept", "attempts", "drop_reason"]) for t in tables]
-    )
+    identities = pa.concat_tables([t.select(list(UNIT_IDENTITY_COLUMNS)) for t in tables])
     drop_reason: dict[int, str] = {
         i: r
         for i, r in zip(
@@ -165,9 +160,9 @@ def _centroids(tables: list[pa.Table], kept: set[int]) -> dict[str, np.ndarray]:
     for table in tables:
         ids = table["identity"].to_pylist()
         for name in table.column_names:
-            if name.startswith("centroid_"):
+            if name.startswith(CENTROID_PREFIX):
                 values = table[name].to_pylist()
-                target = per_embedder.setdefault(name.removeprefix("centroid_"), {})
+                target = per_embedder.setdefault(name.removeprefix(CENTROID_PREFIX), {})
                 target.update({i: v for i, v in zip(ids, values, strict=True) if i in kept and v is not None})
     order = sorted(kept)
     return {
@@ -239,7 +234,7 @@ def _write_identity_table(
             strict=True,
         )
     )
-    write_table(out / layout.IDENTITIES, rows, Features(IDENTITY_FEATURES))
+    write_table(out / layout.IDENTITIES, rows, IDENTITY_TABLE)
 
 
 def _stats(
