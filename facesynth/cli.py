@@ -125,8 +125,11 @@ def dataset_info(out: Path) -> dict[str, Any]:
     from facesynth.runner import read_run
 
     if (out / layout.STATS).exists():
+        from facesynth.schema import features_of
+
         stats = layout.read_json(out / layout.STATS)
-        return {"state": "finalized", **stats}
+        shards = sorted((out / layout.DATA).glob("*.parquet"))
+        return {"state": "finalized", **stats, "columns": list(features_of(shards[0])) if shards else []}
     run = read_run(out)
     if run is None:
         raise UserInputError(f"{out} is not a facesynth output (no {layout.STATS} or {layout.RUN})")

@@ -57,9 +57,14 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class IdentitySampler(Protocol):
-    """Proposes candidate identity vectors; the bank builder decides which to keep."""
+    """Proposes candidate identity vectors; the bank builder decides which to keep.
+
+    ``names[k]`` names the k-th candidate ever drawn (a folder of the ``images`` sampler), or
+    ``names`` is None for anonymous candidates.
+    """
 
     dim: int
+    names: list[str] | None
 
     def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Return float32 [count, dim] candidates (fewer only when a finite source runs out)."""

@@ -24,15 +24,9 @@ import numpy as np
 from facesynth import layout
 from facesynth.interfaces import Candidate, Filter, FilterContext, Generator
 from facesynth.recipe import Recipe
+from facesynth.schema import CENTROID_PREFIX, dataset_features, rejected_features, unit_identity_features
 from facesynth.seeds import image_prompt, image_seed
-from facesynth.writer import (
-    EXTENSIONS,
-    ParquetShardWriter,
-    dataset_features,
-    encode_image,
-    rejected_features,
-    write_table,
-)
+from facesynth.writer import EXTENSIONS, ParquetShardWriter, encode_image, write_table
 
 
 @dataclass
@@ -145,7 +139,8 @@ class Worker:
         from PIL import Image
 
         image = Image.fromarray(c.face.aligned) if use_crop else c.image  # type: ignore[union-attr]
-        name = c.source or f"{c.identity:07d}_{c.attempt:04d}.{EXTENSIONS[out.image_format]}"
+        stem = c.source.rsplit(".", 1)[0] if c.source else f"{c.identity:07d}_{c.attempt:04d}"
+        name = f"{stem}.{EXTENSIONS[out.image_format]}"  # re-encoded: the name says the new format
         row = {
             "image": {"bytes": encode_image(image, out.image_format, out.quality), "path": name},
             "label": -1,
@@ -392,8 +387,6 @@ def write_unit(
 
     ``record`` holds one row per identity; ``started`` is the ``perf_counter`` time the unit began.
     """
-    from datasets import Features, Sequence, Value
-
     stem = layout.unit_stem(worker.out, unit)
     row_group_bytes = int(worker.recipe.writer.row_group_mb * (1 << 20))
     with ParquetShardWriter(stem.with_suffix(".parquet"), worker.features, row_group_bytes) as writer:
@@ -403,19 +396,11 @@ def write_unit(
     write_table(stem.with_suffix(".rejected.parquet"), state.rejected, worker.rejected_features)
 
     unit_centroids = centroids(state.context, kept)
-    columns: dict[str, Any] = {
-        "identity": Value("int64"),
-        "name": Value("string"),
-        "images_kept": Value("int32"),
-        "attempts": Value("int32"),
-        "drop_reason": Value("string"),
-    }
-    columns.update({f"centroid_{name}": Sequence(Value("float32")) for name in unit_centroids})
     for row in record:
         for name, per_identity in unit_centroids.items():
             vector = per_identity.get(row["identity"])
-            row[f"centroid_{name}"] = None if vector is None else vector.tolist()
-    write_table(stem.with_suffix(".identities.parquet"), record, Features(columns))
+            row[f"{CENTROID_PREFIX}{name}"] = None if vector is None else vector.tolist()
+    write_table(stem.with_suffix(".identities.parquet"), record, unit_identity_features(unit_centroids))
     result = UnitResult(
         unit=unit,
         rows=sum(len(state.rows[i]) for i in kept),

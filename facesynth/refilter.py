@@ -30,6 +30,7 @@ BATCH = 16
 
 
 def _groups(source: Path) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """(identity name, [(image name, image or ``Unreadable``)]) of the input, one identity at a time."""
     from facesynth.filters.sources import iter_source
 
     return iter_source(source)
@@ -43,6 +44,8 @@ def _chunks(iterable: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def _filter_unit(
     worker: Worker, unit: int, groups: list[tuple[str, list[tuple[str, Any]]]], minimum: int
 ) -> int:
+    from facesynth.filters.sources import Unreadable
+
     started = time.perf_counter()
     start = unit * worker.plan.identities_per_unit
     identities = range(start, start + len(groups))
@@ -50,17 +53,18 @@ def _filter_unit(
     candidates = []
     for offset, (identity_name, images) in enumerate(groups):
         for index, (image_name, image) in enumerate(images):
+            unreadable = image.reason if isinstance(image, Unreadable) else None
             candidate = Candidate(
                 identity=start + offset,
                 attempt=index,
                 seed=-1,
                 vector=np.zeros(0, np.float32),
                 variation_cosine=math.nan,
-                image=image,
+                image=None if unreadable else image,
                 source=f"{identity_name}/{image_name}",
             )
-            if image is None:
-                candidate.reject("input", "unreadable image")
+            if unreadable:
+                candidate.reject("input", f"unreadable image: {unreadable}")
             candidates.append(candidate)
     for batch_start in range(0, len(candidates), BATCH):
         state.consume(candidates[batch_start : batch_start + BATCH])

@@ -201,14 +201,17 @@ def pending_units(out: Path, units: Iterable[int] | None = None) -> list[int]:
 
 
 def clean_partial_files(out: Path, units: Iterable[int] | None = None) -> None:
-    """Remove temporary files left by a killed process; they were never visible under final names.
+    """Remove temporary files left by killed processes; they were never visible under final names.
 
-    With ``units``, only those units' files: other workers may be writing theirs right now.
+    A file of a process still running on this host stays. With ``units``, only those units' files,
+    and not those of other hosts: other workers may be writing theirs right now (finalize removes
+    whatever is left with ``units/``).
     """
     patterns = [".*.tmp-*"] if units is None else [f".unit-{u:05d}.*.tmp-*" for u in units]
     for pattern in patterns:
         for tmp in (Path(out) / layout.UNITS).glob(pattern):
-            tmp.unlink(missing_ok=True)
+            if not layout.written_by_live_process(tmp, other_hosts_alive=units is not None):
+                tmp.unlink(missing_ok=True)
 
 
 def unit_failed_marker(out: Path, unit: int) -> Path:

@@ -147,12 +147,18 @@ def resolve_model_file(model: str, pack_files: tuple[str, ...], how_to_get: str)
     parts = model.split("/")
     if len(parts) == 3 and not model.startswith((".", "/", "~")):
         repo_id, filename = "/".join(parts[:2]), parts[2]
-        try:
-            from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
+        try:
             return hf_hub_download(repo_id, filename, local_files_only=True)
-        except Exception:
+        except LocalEntryNotFoundError:
             raise ModelNotFoundError(
                 f"model file {model} is not in the Hugging Face cache; run: hf download {repo_id} {filename}"
+            ) from None
+        except Exception as exc:  # e.g. an invalid repo id, an unreadable cache: say which
+            raise ModelNotFoundError(
+                f"cannot get model file {model} from the Hugging Face cache: {exc.__class__.__name__}: "
+                f"{' '.join(str(exc).split())[:200]}"
             ) from None
     raise ModelNotFoundError(f"model file {path} not found; {how_to_get}")

@@ -89,3 +89,15 @@ def test_tiny_arcface_embeds_through_the_real_code_path(tiny_arcface, astronaut)
     face = load_filter("face", size=224).check(astronaut)[0]
     from_224 = embedder.embed_faces([astronaut], [face])  # re-aligned to 112 from the landmarks
     assert float(from_224[0] @ vectors[0]) > 0.99
+
+
+def test_a_hub_model_file_that_cannot_be_looked_up_says_why(tmp_path, monkeypatch) -> None:
+    from facesynth.errors import ModelNotFoundError
+    from facesynth.filters.models import resolve_model_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="is not in the Hugging Face cache; run: hf download"):
+        resolve_model_file("someone/models/det.onnx", ("det.onnx",), "")
+    # not a cache miss: an invalid repo id is named as such, not reported as 'not in the cache'
+    with pytest.raises(ModelNotFoundError, match="HFValidationError"):
+        resolve_model_file("some..one/models/det.onnx", ("det.onnx",), "")
