@@ -155,7 +155,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
 
 
 def _centroids(tables: list[pa.Table], kept: set[int]) -> dict[str, np.ndarray]:
-    """Per embedder, a [K, D] array of kept identities' centroids, rows in ``sorted(kept)`` order."""
+    """Per embedding space, a [K, D] array of kept identities' centroids, rows in ``sorted(kept)`` order."""
     per_embedder: dict[str, dict[int, list[float]]] = {}
     for table in tables:
         ids = table["identity"].to_pylist()

@@ -41,10 +41,16 @@ class Detector(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns faces into L2-normalised identity vectors of dimension ``dim``."""
+    """Turns faces into L2-normalised identity vectors of dimension ``dim``.
+
+    ``space`` names the vector space: ``"<family>:<sha256 of the model file(s)>"``
+    (``facesynth.filters.models.embedding_space``). Vectors are cached and compared by space,
+    never by ``name``: two ArcFace files are two spaces, one file loaded by two embedders is one.
+    """
 
     name: str
     dim: int
+    space: str
 
     def embed_faces(self, images: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
         """Embed ``faces[i]`` found in ``images[i]``; returns float32 [N, dim], rows unit-norm."""
@@ -83,6 +89,7 @@ class Generator(Protocol):
     name: str
     dim: int
     batch_size: int
+    embedding_space: str | None  # the Embedder.space its vectors live in (from its weights), if any
 
     def generate(
         self,
@@ -104,7 +111,7 @@ class Candidate:
     variation_cosine: float = 1.0
     image: Image.Image | None = None
     face: Face | None = None
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # embedder name -> unit vector
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # Embedder.space -> unit vector
     scores: dict[str, float] = field(default_factory=dict)  # column name -> value
     rejected_by: str | None = None
     reason: str | None = None
@@ -123,13 +130,13 @@ class Candidate:
 class FilterContext:
     """What a filter may know beyond the batch: the bank, and what was accepted so far.
 
-    ``accepted_embeddings[embedder][identity]`` lists the embeddings of the images already
+    ``accepted_embeddings[space][identity]`` (``space`` = ``Embedder.space``) lists the embeddings of the images already
     accepted for that identity in this unit (the pipeline appends after the last filter).
     """
 
     bank_vectors: np.ndarray  # [N, D] identity vectors of the whole bank
     unit_identities: Sequence[int]
-    generator_space: str | None = None  # embedder name whose space the generator is conditioned in
+    generator_space: str | None = None  # Embedder.space the generator is conditioned in, if any
     accepted_embeddings: dict[str, dict[int, list[np.ndarray]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -65,7 +65,7 @@ def apply_filters(filters: Sequence[Filter], batch: Sequence[Candidate], context
 
 
 def centroids(context: FilterContext, identities: Sequence[int]) -> dict[str, dict[int, np.ndarray]]:
-    """Normalised mean of each identity's accepted embeddings, per embedder."""
+    """Normalised mean of each identity's accepted embeddings, per embedding space."""
     result: dict[str, dict[int, np.ndarray]] = {}
     for embedder, per_identity in context.accepted_embeddings.items():
         for identity in identities:
@@ -173,7 +173,7 @@ class UnitState:
         self.context = FilterContext(
             bank_vectors=worker.bank_vectors,
             unit_identities=identities,
-            generator_space=getattr(worker.generator, "embedding_space", None),
+            generator_space=worker.generator.embedding_space if worker.generator else None,
         )
         self.rows: dict[int, list[dict[str, Any]]] = {i: [] for i in identities}
         self.rejected: list[dict[str, Any]] = []

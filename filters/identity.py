@@ -41,7 +41,7 @@ class IdentityFilter(EmbeddingFilter):
         self.min_cosine = threshold(self.name, self.embedder, self.options.min_cosine)
 
     def targets(self, candidates: list[Candidate], context: FilterContext) -> dict[int, np.ndarray]:
-        key = self.embedder.name
+        key = self.embedder.space
         by_identity: dict[int, list[np.ndarray]] = defaultdict(list)
         for c in candidates:
             by_identity[c.identity].append(c.embeddings[key])
@@ -63,7 +63,7 @@ class IdentityFilter(EmbeddingFilter):
             return
         targets = self.targets(candidates, context)
         for c in candidates:
-            cosine = float(c.embeddings[self.embedder.name] @ targets[c.identity])
+            cosine = float(c.embeddings[self.embedder.space] @ targets[c.identity])
             c.scores["identity_cosine"] = cosine
             if cosine < self.min_cosine:
                 c.reject(self.name, f"identity cosine {cosine:.2f} < {self.min_cosine:g}")
