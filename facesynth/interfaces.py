@@ -149,6 +149,8 @@ class Filter(Protocol):
     ``candidate.scores`` under the names in ``score_columns`` (NaN when not computed), and calls
     ``candidate.reject(self.name, reason)``. ``accept`` is called, in order, for every candidate
     that passed all filters, so stateful filters (duplicates, centroids) can remember it.
+    The pipeline calls the filters with all of one identity's candidates of one round, in attempt
+    order, identities in order: never a grouping that depends on the generator's batch size.
     """
 
     name: str

@@ -5,8 +5,9 @@ each later round asks again for what the filters rejected, until every identity 
 spent its attempt budget. Batches that mix identities are generated on the main thread while a
 single worker thread filters and encodes the previous batch; two units are in flight, so while one
 waits for its round's last batch to be filtered the other generates, and a writer thread writes a
-finished unit's files, so the model waits neither for the CPU nor for the disk. One filter thread
-keeps each unit's filter order, and so its rows, deterministic.
+finished unit's files, so the model waits neither for the CPU nor for the disk. The filter thread
+regroups what the generator made: the filters see all of one identity's candidates of one round at
+once, identities in order, so every decision is independent of the generator's batch size.
 """
 
 from __future__ import annotations
@@ -180,12 +181,36 @@ class UnitState:
         self.rejected_by: Counter[str] = Counter()
         self.filter_seconds = 0.0
         self.encode_seconds = 0.0
+        self.expected: Counter[int] = Counter()  # candidates of this round still to come, per identity
+        self.waiting: list[Candidate] = []  # the current identity's candidates until its group is complete
 
-    def consume(self, batch: list[Candidate]) -> None:
-        t0 = time.perf_counter()
-        apply_filters(self.worker.filters, batch, self.context)
-        t1 = time.perf_counter()
+    def expect(self, jobs: Sequence[tuple[int, int]]) -> None:
+        """Start a round whose candidates will arrive in the order of ``jobs`` ((identity, attempt))."""
+        self.expected = Counter(i for i, _ in jobs)
+
+    def consume(self, batch: Sequence[Candidate]) -> None:
+        """Take candidates in job order, however they were batched; filter each identity's round group.
+
+        The filters see all of one identity's candidates of one round at once, in attempt order,
+        identities in order: every decision and score depends on the recipe and on the identity's
+        history only, never on the generator's batch size.
+        """
         for c in batch:
+            if self.waiting and self.waiting[0].identity != c.identity:
+                raise RuntimeError(
+                    f"identity {c.identity} arrived before identity {self.waiting[0].identity} was complete"
+                )
+            self.waiting.append(c)
+            self.expected[c.identity] -= 1
+            if self.expected[c.identity] == 0:
+                group, self.waiting = self.waiting, []
+                self._filter(group)
+
+    def _filter(self, group: list[Candidate]) -> None:
+        t0 = time.perf_counter()
+        apply_filters(self.worker.filters, group, self.context)
+        t1 = time.perf_counter()
+        for c in group:
             if c.accepted:
                 self.rows[c.identity].append(self.worker.row(c))
             else:
@@ -242,6 +267,7 @@ class UnitRun:
             n = max(0, min(self.target - len(self.state.rows[i]), self.budget - self.attempts[i]))
             jobs.extend((i, self.attempts[i] + k) for k in range(n))
             self.attempts[i] += n
+        self.state.expect(jobs)
         return jobs
 
     def _report(self, on_round: Callable[[int, int], None] | None) -> None:

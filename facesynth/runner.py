@@ -72,12 +72,12 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool =
                 f"{out} holds a run of a different recipe (hash {run['recipe_hash']}, this one "
                 f"{recipe_hash}); pass --overwrite to replace it, or choose another --out"
             )
-        _clear(out)
+        clear_output(out)
         run = None
     elif run is None and entries and not _being_prepared(out, entries, recipe_hash):
         if not overwrite:
             raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
-        _clear(out)
+        clear_output(out)
     if run is not None:
         return run
 
@@ -122,7 +122,8 @@ def _being_prepared(out: Path, entries: set[str], recipe_hash: str) -> bool:
         return False
 
 
-def _clear(out: Path) -> None:
+def clear_output(out: Path) -> None:
+    """Remove everything in ``out`` (a run of another recipe, replaced with ``--overwrite``)."""
     for child in out.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 

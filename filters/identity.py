@@ -24,9 +24,10 @@ class IdentityFilter(EmbeddingFilter):
 
     The target is the bank vector when the embedder is the space the generator is conditioned in
     (e.g. ``arcface-onnx`` for Arc2Face); otherwise the running centroid of the identity's images
-    accepted so far. For an identity with no accepted image yet, the batch's medoid (the image
-    closest on average to the others of its identity in the batch) is the provisional target, so
-    one odd first image cannot define the identity.
+    accepted so far. For an identity with no accepted image yet, the medoid of its candidates in
+    the batch (the image closest on average to the others) is the provisional target, so one odd
+    first image cannot define the identity. The pipeline hands a filter all of an identity's
+    candidates of one round at once (see ``Filter``), so that set never depends on batch sizes.
     """
 
     name = "identity"
