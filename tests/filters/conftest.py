@@ -80,16 +80,6 @@ def context() -> Callable[..., FilterContext]:
     return make
 
 
-def accept_all(filters: list, batch: list[Candidate], ctx: FilterContext) -> None:
-    """What the pipeline does after the last filter: remember the accepted embeddings."""
-    for c in batch:
-        if c.accepted:
-            for name, vector in c.embeddings.items():
-                ctx.accepted_embeddings.setdefault(name, {}).setdefault(c.identity, []).append(vector)
-            for f in filters:
-                f.accept(c, ctx)
-
-
 # --- tiny ONNX models in the real input/output layouts ------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import accept_all
+from filter_helpers import accept_all
 
 from facesynth.filters import load_filter
 from facesynth.filters.separation import colliding_identities
