@@ -9,10 +9,12 @@ batch it stopped at and an image's augmentation does not depend on the worker co
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -65,7 +67,9 @@ class ParquetReader:
         self.groups = groups
         self.group_sizes = np.array([len(x) for x in labels], dtype=np.int64)
         self.group_starts = np.concatenate([[0], np.cumsum(self.group_sizes)])
-        self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        raw = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        # facesynth labels are dense 0..K-1 already; anything else is renumbered in sorted order.
+        self.labels = np.unique(raw, return_inverse=True)[1].astype(np.int64).reshape(-1)
         self.cache_groups = cache_groups
         self._cache: OrderedDict[int, list] = OrderedDict()
 
@@ -90,8 +94,27 @@ class ParquetReader:
 
 
 def open_reader(path: str | Path) -> FaceReader:
-    """The reader for a dataset path (facesynth parquet dataset or parquet file)."""
-    return ParquetReader(path)
+    """The reader for a dataset: parquet by row group here; ImageFolder, RecordIO, LMDB via facesynth.readers."""
+    from facesynth.readers import detect_format, open_dataset
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UserInputError(f"dataset {root} does not exist")
+    if detect_format(root) == "parquet":
+        return ParquetReader(root)
+    return open_dataset(root)
+
+
+def row_groups(reader: FaceReader) -> list[int]:
+    """Sizes of the blocks a shuffle should keep together: parquet row groups; one block otherwise."""
+    return reader.group_sizes.tolist() if isinstance(reader, ParquetReader) else [len(reader)]
+
+
+def reopen(reader: FaceReader) -> Callable[[], FaceReader] | None:
+    """How a DataLoader worker gets its own reader (file handles must not be shared across processes)."""
+    if isinstance(reader, ParquetReader):
+        return None  # opens its files per read
+    return functools.partial(open_reader, reader.path)
 
 
 # ----------------------------------------------------------------------------- order
@@ -281,6 +304,7 @@ class FaceDataset(torch.utils.data.Dataset):
         size: int = 112,
     ) -> None:
         self.variant = rand_augment_variant
+        self._reopen, self._pid = reopen(reader), os.getpid()
         self.reader, self.seed, self.flip, self.erasing, self.randaug, self.size = (
             reader,
             seed,
@@ -295,6 +319,8 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         epoch, position, row = item
+        if self._reopen is not None and os.getpid() != self._pid:
+            self.reader, self._pid = self._reopen(), os.getpid()
         rng = np.random.default_rng([self.seed, epoch, position, 0xA06])
         try:
             img = Image.open(io.BytesIO(self.reader.read(row))).convert("RGB")

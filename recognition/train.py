@@ -32,7 +32,7 @@ from pydantic import Field, ValidationError
 from facesynth import layout
 from facesynth.errors import RecipeError, UserInputError
 from facesynth.recipe import _line_index, _raise_validation, apply_overrides
-from facesynth.recognition.data import EpochBatches, FaceDataset, FaceReader, open_reader
+from facesynth.recognition.data import EpochBatches, FaceDataset, FaceReader, open_reader, row_groups
 from facesynth.recognition.heads import HEADS, MarginHead
 from facesynth.registry import StrictOptions
 
@@ -346,7 +346,7 @@ def train(
         layout.atomic_write_json(out / FINGERPRINT, fingerprint)
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    group_sizes = getattr(reader, "group_sizes", [len(reader)])
+    group_sizes = row_groups(reader)
     steps_per_epoch = EpochBatches.steps(len(reader), recipe.data.batch_size, world)
     if steps_per_epoch == 0:
         raise UserInputError(

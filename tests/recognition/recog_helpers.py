@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 from facesynth import layout
-from facesynth.writer import ParquetShardWriter, dataset_features
+from facesynth.schema import dataset_features
+from facesynth.writer import ParquetShardWriter
 
 
 def identity_faces() -> np.ndarray:

@@ -95,3 +95,21 @@ def test_idiff_face_rand_augment_variant_uses_its_operation_set() -> None:
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (112, 112, 3), dtype=np.uint8))
     out = rand_augment(img, np.random.default_rng(2), 4, 16, variant="idiff-face")
     assert out.size == (112, 112) and out.mode == "RGB"
+
+
+def test_image_folders_feed_workers_through_the_shared_readers(small_dataset, tmp_path) -> None:
+    """Other formats come through facesynth.readers; each DataLoader worker opens its own reader."""
+    from facesynth.recognition.data import open_reader, row_groups
+
+    parquet = ParquetReader(small_dataset)
+    for i in range(len(parquet)):
+        folder = tmp_path / "folder" / f"id{parquet.labels[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.jpg").write_bytes(parquet.read(i))
+    reader = open_reader(tmp_path / "folder")
+    assert reader.labels.tolist() == parquet.labels.tolist() and row_groups(reader) == [30]
+    ds = FaceDataset(reader, seed=0)
+    batches = EpochBatches(row_groups(reader), 5, seed=0, epoch=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=2)
+    labels = torch.cat([y for _, y in loader])
+    assert sorted(labels.tolist()) == sorted(parquet.labels.tolist())
