@@ -498,15 +498,15 @@ def train(
 
 
 def bin_validator(sets: list[str]) -> Validator:
-    """Verification accuracy on eval sets (insightface's protocol, from ``recognition.verification``)."""
+    """Verification metrics on eval sets with insightface's protocol (``facesynth eval``'s code)."""
     try:
-        from facesynth.recognition.verification import evaluate_pairs  # noqa: F401
+        from facesynth.recognition.embed import verification_validator
     except ImportError:
         raise UserInputError(
-            "validate.sets needs facesynth.recognition.verification, which this install lacks; "
+            "validate.sets needs facesynth eval (facesynth.recognition.embed), which this install lacks; "
             "drop validate.sets (--set validate.sets=[]) or update facesynth"
         ) from None
-    raise UserInputError("validate.sets: evaluation wiring is not finished in this build")
+    return verification_validator(sets)
 
 
 def cmd_train(args: Any) -> int:

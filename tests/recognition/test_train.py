@@ -225,3 +225,27 @@ def test_onnx_export_equals_torch_and_loads_as_the_arcface_onnx_embedder(killed_
     crops = [((t.numpy().transpose(1, 2, 0) * 127.5) + 127.5).round().astype(np.uint8) for t in x[:5]]
     unit = expected / np.linalg.norm(expected, axis=1, keepdims=True)
     assert np.abs(embedder.embed_aligned(crops) - unit).max() < 1e-3
+
+
+def test_validation_runs_every_n_steps_in_eval_mode_and_is_logged(faces, tmp_path) -> None:
+    calls = []
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        calls.append(model.training)
+        return {"avg_acc": 0.5 + len(calls) / 10}
+
+    recipe = parse_train_recipe(
+        _recipe(),
+        overrides=[
+            "model.input_size=32",
+            "data.batch_size=4",
+            "schedule.max_steps=4",
+            "log_every=1",
+            "validate.every=2",
+            "checkpoint_every=100",
+        ],
+    )
+    train(faces[0], recipe, tmp_path / "run", validate=validate, progress=False)
+    assert calls == [False, False]  # steps 2 and 4, model in eval mode
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[0].endswith("avg_acc") and rows[2].endswith(",0.6") and rows[4].endswith(",0.7")
