@@ -372,6 +372,7 @@ def train(
 
     step = 0
     ckpt_path = out / CHECKPOINT
+    state: dict[str, Any] = {}
     if ckpt_path.exists():
         # Our own file, but still loaded without arbitrary unpickling.
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -384,6 +385,8 @@ def train(
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         step = int(state["step"])
     model, head, optimizer = accelerator.prepare(model, head, optimizer)
+    if "scaler" in state and accelerator.scaler is not None:  # fp16 loss scale, for an exact resume
+        accelerator.scaler.load_state_dict(state["scaler"])
     if main and recipe.log_with:
         accelerator.init_trackers(recipe.name, config={"recipe_hash": recipe.content_hash()})
     metrics = MetricsLog(out / METRICS, step) if main else None
@@ -402,6 +405,8 @@ def train(
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if accelerator.scaler is not None:
+            state["scaler"] = accelerator.scaler.state_dict()
         _atomic_torch_save(state, ckpt_path)
 
     dataset_obj = FaceDataset(
