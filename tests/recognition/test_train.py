@@ -249,3 +249,17 @@ def test_validation_runs_every_n_steps_in_eval_mode_and_is_logged(faces, tmp_pat
     assert calls == [False, False]  # steps 2 and 4, model in eval mode
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].endswith("avg_acc") and rows[2].endswith(",0.6") and rows[4].endswith(",0.7")
+
+
+def test_cli_bad_recipe_exits_2_and_a_run_refuses_another_recipe(
+    killed_and_resumed, faces, tmp_path, capsys
+) -> None:
+    from facesynth.cli import main
+
+    missing = tmp_path / "nope.yaml"
+    assert main(["train", str(faces[0]), "--recipe", str(missing), "--out", str(tmp_path / "r")]) == 2
+    assert "training recipe not found" in capsys.readouterr().err
+    run = killed_and_resumed[1]
+    other = parse_train_recipe(_recipe(), overrides=["head.name=cosface"])
+    with pytest.raises(UserInputError, match="another training recipe"):
+        train(faces[0], other, run, progress=False)
