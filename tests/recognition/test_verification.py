@@ -12,7 +12,7 @@ from verification_cases import CASES, case_digest, make_case
 from facesynth.errors import UserInputError
 from facesynth.recognition import verification as v
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "insightface_protocol.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "eval" / "insightface_protocol.json").read_text())
 
 
 def pairs_at(distances: list[float]) -> np.ndarray:
