@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to push to (created if needed; default main)")
     p.add_argument("--dry-run", action="store_true", help="print the upload plan, upload nothing")
 
-    p = sub.add_parser("export", help="write a finished dataset as ImageFolder, RecordIO or WebDataset")
+    p = sub.add_parser("export", help="write a finished dataset as ImageFolder, RecordIO, WebDataset or LMDB")
     p.add_argument("out", help="finished output folder")
     p.add_argument("dest", help="destination folder")
-    p.add_argument("--to", required=True, choices=["imagefolder", "recordio", "webdataset"], help="format")
+    p.add_argument("--to", required=True, choices=["imagefolder", "recordio", "webdataset", "lmdb"], help="format")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
     p.add_argument("--shard-size-mb", type=float, default=500, help="WebDataset tar shard size")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,1 +1,1 @@
-"""Face-recognition models trained on facesynth datasets, and their evaluation with the field's protocol."""
+"""Face-recognition training and evaluation on facesynth datasets: backbones, heads, data, training."""
