@@ -190,3 +190,66 @@ def test_model_forms_refused_with_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="loaded safely"):
         load_model(evil, arch="r18")
     assert not (tmp_path / "pwned.png").exists()
+
+
+def tiny_iresnet() -> torch.nn.Module:
+    from facesynth.recognition.iresnet import iresnet
+
+    torch.manual_seed(0)
+    model = iresnet("r18", num_features=16, width=8, layers=(1, 1, 1, 1)).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained model has
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.slow
+def test_train_run_folder_equals_its_onnx_export(eval_files: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = tiny_iresnet()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.yaml").write_text(
+        "name: tiny\nmodel:\n  backbone: r18\n  embedding_size: 16\n  dropout: 0.0\n  width: 8\n  layers: [1, 1, 1, 1]\n"
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, 112, 112),
+        str(run / "model.onnx"),
+        input_names=["input"],
+        output_names=["embedding"],
+        dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    sets = [load_eval_set(eval_files["lfw"])]
+    by_run = evaluate(load_model(run, device="cpu"), sets, batch_size=16)["lfw"]
+    by_onnx = evaluate(load_model(run / "model.onnx", device="cpu"), sets, batch_size=16)["lfw"]
+    assert by_run.accuracy == by_onnx.accuracy and by_run.fold_thresholds == by_onnx.fold_thresholds
+    assert by_run.xnorm == pytest.approx(by_onnx.xnorm, rel=1e-4)
+    original, _ = embed_eval_set(load_model(run, device="cpu"), sets[0], batch_size=16)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(_norm(sets[0].image(3))[None])).numpy()
+    assert np.allclose(original[3], direct[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_arcface_torch_backbone_file_loads_strictly(tmp_path: Path) -> None:
+    from facesynth.recognition.embed import load_backbone_file
+    from facesynth.recognition.iresnet import iresnet
+
+    torch.manual_seed(1)
+    published = iresnet("r18")  # arcface_torch saves backbone.state_dict() as model.pt
+    torch.save(published.state_dict(), tmp_path / "model.pt")
+    loaded = load_backbone_file(tmp_path / "model.pt", "r18")
+    for key, value in published.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(UserInputError, match="does not hold a --arch r34 state dict"):
+        load_backbone_file(tmp_path / "model.pt", "r34")
+    torch.save(tiny_iresnet().state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(UserInputError, match="does not hold a --arch r18 state dict"):
+        load_backbone_file(tmp_path / "tiny.pt", "r18")
