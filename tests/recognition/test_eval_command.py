@@ -253,3 +253,35 @@ def test_arcface_torch_backbone_file_loads_strictly(tmp_path: Path) -> None:
     torch.save(tiny_iresnet().state_dict(), tmp_path / "tiny.pt")
     with pytest.raises(UserInputError, match="does not hold a --arch r18 state dict"):
         load_backbone_file(tmp_path / "tiny.pt", "r18")
+
+
+@pytest.mark.slow
+def test_cli_five_sets_and_a_pairs_list(eval_files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    paths = []
+    for seed, name in enumerate(("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")):
+        write_bin(tmp_path / f"{name}.bin", 10, seed=10 + seed)
+        paths += ["--bin", str(tmp_path / f"{name}.bin")]
+    assert main(["eval", str(eval_files["onnx"]), *paths, "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    accuracies = [report["sets"][n]["accuracy"] for n in ("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")]
+    assert report["five_set_average"] == pytest.approx(np.mean(accuracies))
+    assert main(["eval", str(eval_files["onnx"]), *paths, "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("five-set avg")
+
+    # the same pairs as a pairs list of PNG files give the same result as their .bin (lossless images)
+    evalset = load_eval_set(tmp_path / "lfw.bin")
+    lines = []
+    for i in range(len(evalset.images)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.cvtColor(evalset.image(i), cv2.COLOR_RGB2BGR))
+    for k, same in enumerate(evalset.issame):
+        lines.append(f"{2 * k}.png {2 * k + 1}.png {int(same)}")
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    assert (
+        main(
+            ["eval", str(eval_files["onnx"]), "--bin", str(tmp_path / "pairs.txt"), "--no-progress", "--json"]
+        )
+        == 0
+    )
+    from_list = json.loads(capsys.readouterr().out)["sets"]["pairs"]
+    assert from_list["accuracy"] == report["sets"]["lfw"]["accuracy"]
+    assert from_list["xnorm"] == pytest.approx(report["sets"]["lfw"]["xnorm"], rel=1e-6)
