@@ -80,7 +80,7 @@ def random_case(pairs: int, dim: int = 512, seed: int = 0) -> tuple[np.ndarray, 
     issame = rng.random(pairs) < 0.5
     centres = rng.standard_normal((pairs, 2, dim)).astype(np.float32)
     centres[issame, 1] = centres[issame, 0]
-    original = (centres + 1.2 * rng.standard_normal((pairs, 2, dim), dtype=np.float32)).reshape(-1, dim)
+    original = (centres + 2.0 * rng.standard_normal((pairs, 2, dim), dtype=np.float32)).reshape(-1, dim)
     flipped = original + 0.3 * rng.standard_normal(original.shape, dtype=np.float32)
     return original, flipped, issame
 
