@@ -62,8 +62,11 @@ def format_table(results: dict[str, VerificationResult]) -> str:
             )
         )
     summary = report(results)
-    label = "five-set avg" if summary["five_set_average"] is not None and len(results) == 5 else "average"
-    rows.append((label, "", f"{100 * summary['average']:.2f}", "", "", "", "", ""))
+    five = summary["five_set_average"]
+    if five is None or len(results) > 5:
+        rows.append(("average", "", f"{100 * summary['average']:.2f}", "", "", "", "", ""))
+    if five is not None:  # LFW, CFP-FP, CPLFW, AgeDB-30, CALFW: the field's tables report this mean
+        rows.append(("five-set avg", "", f"{100 * five:.2f}", "", "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -72,8 +75,9 @@ def format_table(results: dict[str, VerificationResult]) -> str:
         )
         for row in rows
     ]
+    footer = 2 if five is not None and len(results) > 5 else 1
     lines.insert(1, "-" * len(lines[0]))
-    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    lines.insert(len(lines) - footer, "-" * len(lines[0]))
     return "\n".join(line.rstrip() for line in lines)
 
 

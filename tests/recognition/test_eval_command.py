@@ -186,7 +186,7 @@ def test_model_forms_refused_with_clear_errors(tmp_path: Path) -> None:
             return (cv2.imwrite, (str(tmp_path / "pwned.png"), np.zeros((2, 2), np.uint8)))
 
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"fc.weight": Exploit()}))
+    evil.write_bytes(pickle.dumps({"fc.weight": Exploit()}, protocol=2))
     with pytest.raises(UserInputError, match="loaded safely"):
         load_model(evil, arch="r18")
     assert not (tmp_path / "pwned.png").exists()
