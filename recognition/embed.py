@@ -74,7 +74,7 @@ def embed_eval_set(
     flipped: np.ndarray | None = None
     with tqdm(total=n, desc=f"embedding {evalset.name}", unit="img", disable=not progress) as bar:
         for start, stop, keep in ranges:
-            images = np.stack([evalset.image(i) for i in range(start, stop)])
+            images = evalset.batch(start, stop)
             outputs = []
             for batch in (images, images[:, :, ::-1]):  # the image, then its horizontal flip
                 out = np.asarray(model(normalise(batch)))

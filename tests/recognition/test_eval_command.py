@@ -107,6 +107,9 @@ def test_onnx_equals_torch(eval_files: dict[str, Path]) -> None:
         assert by_onnx[name].accuracy == by_torch[name].accuracy
         assert by_onnx[name].fold_thresholds == by_torch[name].fold_thresholds
         assert by_onnx[name].xnorm == pytest.approx(by_torch[name].xnorm, rel=1e-5)
+    # decoding once (for repeated evaluations) changes nothing
+    decoded = evaluate(torch_embedder(TinyNet(), "cpu"), [s.decoded() for s in sets], batch_size=16)
+    assert decoded == by_torch
     # and the pieces compose: evaluate = embed_eval_set + evaluate_raw
     original, flipped = embed_eval_set(torch_embedder(TinyNet(), "cpu"), sets[0], batch_size=16)
     assert evaluate_raw(original, flipped, sets[0].issame) == by_torch["lfw"]
