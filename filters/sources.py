@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from facesynth.readers import open_dataset
 
-# (identity name, [(image name, image or None when unreadable)])
-Identity = tuple[str, list[tuple[str, Image.Image | None]]]
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An input image that could not be decoded, and why (the decoder's own words)."""
+
+    reason: str
 
 
-def open_image(data: bytes | str | Path) -> Image.Image | None:
-    """Decode an image fully (so a truncated file fails here), or None when it cannot be read."""
+# (identity name, [(image name, image, or why it is unreadable)])
+Identity = tuple[str, list[tuple[str, Image.Image | Unreadable]]]
+
+
+def open_image(data: bytes | str | Path) -> Image.Image | Unreadable:
+    """Decode an image fully (so a truncated file fails here), or say why it cannot be read."""
     try:
         image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         image.load()
         return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-        return None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        return Unreadable(" ".join(f"{exc.__class__.__name__}: {exc}".split()))
 
 
 def iter_source(path: str | Path) -> Iterator[Identity]:

@@ -335,7 +335,7 @@ class TinyGenerator:
     name = "tiny"
     dim = 512
     uses_prompts = False
-    embedding_space: str | None = None  # random weights: no face-embedding space
+    embedding_space: str | None = None  # its own space, no embedder's: set from the weights' hash
 
     def __init__(self, options: TinyOptions) -> None:
         self.options = options
@@ -352,8 +352,10 @@ class TinyGenerator:
                 device=options.device,
                 dtype=options.dtype,
                 batch_invariant=options.batch_invariant,
-            )
+            ),
+            space_from_weights=False,
         )
+        self.embedding_space = f"tiny:{tiny_config_hash()}"
         self.batch_size = options.batch_size
 
     def describe(self) -> dict[str, Any]:
