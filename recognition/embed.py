@@ -19,9 +19,9 @@ Models:
   ``model.safetensors`` (arcface_torch's state-dict layout);
 - an arcface_torch backbone file (``model.pt`` / ``backbone.pth``: a state dict) with its architecture
   name (``r18``, ``r34``, ``r50``, ``r100``, ``r200``); read with ``torch.load(weights_only=True)``;
-- an ONNX recogniser taking [N, 3, 112, 112] RGB in (x - 127.5)/127.5: a ``facesynth train`` export,
-  an arcface_torch ONNX export, or an insightface pack folder (``w600k_r50.onnx`` of buffalo_l,
-  ``glintr100.onnx`` of antelopev2).
+- an ONNX recogniser taking [N, 3, 112, 112] RGB: a ``facesynth train`` export, an arcface_torch ONNX
+  export, or an insightface pack folder (``w600k_r50.onnx`` of buffalo_l, ``glintr100.onnx`` of
+  antelopev2); MXNet-converted graphs that normalise inside get raw pixels, as insightface feeds them.
 """
 
 from __future__ import annotations
@@ -134,13 +134,22 @@ def _onnx_device(device: str) -> str:
 
 
 def onnx_embedder(path: str | Path, device: str = "auto") -> Embedder:
-    """An ONNX recogniser run with onnxruntime (input [N, 3, 112, 112], output [N, d])."""
+    """An ONNX recogniser run with onnxruntime (input [N, 3, 112, 112], output [N, d]).
+
+    Graphs that normalise inside (MXNet exports: ``Sub``/``Mul`` nodes first) get raw 0..255 pixels,
+    decided as insightface decides it (``identity.arcface_onnx.input_normalisation``); all others get
+    the protocol's ((x / 255) - 0.5) / 0.5.
+    """
     from facesynth.filters.models import onnx_session
+    from facesynth.identity.arcface_onnx import input_normalisation
 
     session = onnx_session(str(path), device)
     input_name = session.get_inputs()[0].name
+    raw_pixels = input_normalisation(str(path)) == (0.0, 1.0)
 
     def embed(batch: np.ndarray) -> np.ndarray:
+        if raw_pixels:  # undo ((x / 255) - 0.5) / 0.5: exact, the pixels are integers
+            batch = np.rint(batch * np.float32(127.5) + np.float32(127.5)).astype(np.float32)
         return session.run(None, {input_name: batch})[0].reshape(len(batch), -1)
 
     return embed

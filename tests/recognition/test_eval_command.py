@@ -288,3 +288,39 @@ def test_cli_five_sets_and_a_pairs_list(eval_files: dict[str, Path], tmp_path: P
     from_list = json.loads(capsys.readouterr().out)["sets"]["pairs"]
     assert from_list["accuracy"] == report["sets"]["lfw"]["accuracy"]
     assert from_list["xnorm"] == pytest.approx(report["sets"]["lfw"]["xnorm"], rel=1e-6)
+
+
+def test_onnx_graph_that_normalises_inside_gets_raw_pixels(
+    eval_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    class RawInput(torch.nn.Module):  # an MXNet-style export: (x - 127.5) * (1 / 127.5) inside the graph
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyNet()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net((x - 127.5) * (1 / 127.5))
+
+    path = tmp_path / "mxnet_style.onnx"
+    torch.onnx.export(
+        RawInput().eval(),
+        torch.zeros(1, 3, 112, 112),
+        str(path),
+        input_names=["data"],
+        dynamic_axes={"data": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    graph = onnx.load(str(path))
+    first = [node for node in graph.graph.node[:8] if node.op_type in ("Sub", "Mul")]
+    assert sorted(node.op_type for node in first) == ["Mul", "Sub"]
+    for index, node in enumerate(first):  # MXNet's converter names them _minus0 / _mul0
+        node.name = f"_{'minus' if node.op_type == 'Sub' else 'mul'}{index}"
+    onnx.save(graph, str(path))
+    sets = [load_eval_set(eval_files["lfw"])]
+    raw = evaluate(load_model(path, device="cpu"), sets, batch_size=16)["lfw"]
+    reference = evaluate(torch_embedder(TinyNet(), "cpu"), sets, batch_size=16)["lfw"]
+    assert raw.accuracy == reference.accuracy
+    assert raw.xnorm == pytest.approx(reference.xnorm, rel=1e-4)
