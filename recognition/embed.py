@@ -6,6 +6,7 @@ The API::
     torch_embedder(module, device="auto") -> Embedder         # any nn.Module: [N,3,112,112] -> [N,d]
     embed_eval_set(model, evalset, batch_size=64, progress=False) -> (original, flipped)   # raw [2N, d]
     evaluate(model, evalsets, batch_size=64, progress=False) -> {name: VerificationResult}
+    verification_validator(paths, batch_size=64) -> validate(module) -> {"lfw_acc": ..., "avg_acc": ...}
 
 An ``Embedder`` is any callable taking a float32 batch [B, 3, 112, 112] (RGB, (x/255 - 0.5)/0.5) and
 returning its raw embeddings [B, d]. Each image and its horizontal flip are embedded separately;
@@ -100,6 +101,34 @@ def evaluate(
         original, flipped = embed_eval_set(model, evalset, batch_size, progress)
         results[evalset.name] = evaluate_raw(original, flipped, evalset.issame)
     return results
+
+
+def verification_validator(
+    paths: Iterable[str | Path], batch_size: int = 64
+) -> Callable[[Any], dict[str, float]]:
+    """For training loops: eval sets loaded and decoded once; ``validate(module)`` embeds them with the
+    module on its own device and returns ``{"<set>_acc", "<set>_val", ..., "avg_acc"}`` (accuracies 0..1).
+    The module's train/eval mode is restored afterwards."""
+    from facesynth.recognition.evalsets import load_eval_set
+    from facesynth.recognition.verification import average_accuracy
+
+    sets = [load_eval_set(path).decoded() for path in paths]
+
+    def validate(module: Any) -> dict[str, float]:
+        training = module.training
+        device = str(next(module.parameters()).device)
+        try:
+            results = evaluate(torch_embedder(module, device), sets, batch_size)
+        finally:
+            module.train(training)
+        metrics = {}
+        for name, result in results.items():
+            metrics[f"{name}_acc"] = result.accuracy
+            metrics[f"{name}_val"] = result.val
+        metrics["avg_acc"] = average_accuracy(results)
+        return metrics
+
+    return validate
 
 
 # ----------------------------------------------------------------------------- models

@@ -324,3 +324,17 @@ def test_onnx_graph_that_normalises_inside_gets_raw_pixels(
     reference = evaluate(torch_embedder(TinyNet(), "cpu"), sets, batch_size=16)["lfw"]
     assert raw.accuracy == reference.accuracy
     assert raw.xnorm == pytest.approx(reference.xnorm, rel=1e-4)
+
+
+def test_validator_for_training_loops(eval_files: dict[str, Path]) -> None:
+    from facesynth.recognition.embed import verification_validator
+
+    validate = verification_validator([eval_files["lfw"], eval_files["cfp_fp"]], batch_size=16)
+    net = TinyNet().train()
+    metrics = validate(net)
+    assert net.training  # the loop's mode is restored
+    expected = evaluate(
+        torch_embedder(TinyNet(), "cpu"), [load_eval_set(eval_files[n]) for n in ("lfw", "cfp_fp")], 16
+    )
+    assert metrics["lfw_acc"] == expected["lfw"].accuracy and metrics["cfp_fp_val"] == expected["cfp_fp"].val
+    assert metrics["avg_acc"] == pytest.approx((expected["lfw"].accuracy + expected["cfp_fp"].accuracy) / 2)
