@@ -86,8 +86,8 @@ def layout_help(checkpoint: str) -> str:
 
 
 def find_file(root: Path, stem_or_name: str, suffixes: Sequence[str], checkpoint: str) -> Path:
-    """The first of ``stem + suffix`` that exists under ``root``, else a ModelNotFoundError naming it."""
-    for suffix in suffixes:
+    """``stem + suffix`` under ``root`` (a .safetensors first), else a ModelNotFoundError naming the first."""
+    for suffix in sorted(suffixes, key=lambda s: s != ".safetensors"):
         path = root / f"{stem_or_name}{suffix}"
         if path.is_file():
             return path
