@@ -693,7 +693,8 @@ class IDiffFaceGenerator:
                 f"generator.model: {config_path}: facesynth runs latent IDiff-Face models with the linear "
                 f"schedule (the published ones); this one has schedule_type '{schedule}'"
             )
-        unet = ConditionalUNet(**unet_kwargs(model_config, config_path))
+        with torch.device("meta"):  # no random init of 216M weights that are loaded next
+            unet = ConditionalUNet(**unet_kwargs(model_config, config_path))
         state = load_weights(weights)
         eps = {k.removeprefix("eps_model."): v for k, v in state.items() if k.startswith("eps_model.")}
         schedule_keys = set(linear_schedule(1))
@@ -713,7 +714,8 @@ class IDiffFaceGenerator:
 
     def _load_decoder(self) -> FirstStageDecoder:
         weights = find_file(self.root, DECODER_STEM, (".pt", ".safetensors"), self.options.checkpoint)
-        decoder = FirstStageDecoder(self.first_stage_params)
+        with torch.device("meta"):
+            decoder = FirstStageDecoder(self.first_stage_params)
         self._load_strict(decoder, load_weights(weights), weights, [])
         return decoder.to(self.device, self.dtype).eval()
 
@@ -735,7 +737,11 @@ class IDiffFaceGenerator:
                 key = shapes[0]
                 what = f"{prefix}{key} has shape {tuple(state[key].shape)}, the config {tuple(expected[key].shape)}"
             raise UserInputError(f"generator.model: {path} does not match its config ({what})")
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=True)  # the module was built on the meta device
+        for submodule in module.modules():  # the one non-persistent buffer, the zero empty context
+            for name, buffer in submodule.named_buffers(recurse=False):
+                if buffer.is_meta:
+                    setattr(submodule, name, torch.zeros(buffer.shape, dtype=buffer.dtype))
 
     @staticmethod
     def _check_schedule(state: dict[str, torch.Tensor], T: int, path: Path) -> None:

@@ -19,6 +19,7 @@ from facesynth.errors import FacesynthError, ModelNotFoundError, UserInputError
 from facesynth.generators import load_generator
 from facesynth.generators.idiff_face import (
     DECODER_STEM,
+    PUBLISHED_UNET,
     ConditionalUNet,
     ddim_timesteps,
     guidance_weight,
@@ -60,6 +61,13 @@ def test_published_layout_loads_strictly(tiny_root: Path) -> None:
     assert g.latent_shape == (3, 8, 8) and g.T == TINY_T
     (image,) = g.generate(unit_vectors(1, 0), [1])
     assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_published_sizes_give_the_published_parameter_count() -> None:
+    # configs/model/unet_cond_ca_cpd25.yaml states "# PARAMS: 216341187" for these sizes
+    with torch.device("meta"):
+        unet = ConditionalUNet(**PUBLISHED_UNET)
+    assert sum(p.numel() for p in unet.parameters()) == 216_341_187
 
 
 def test_layout_errors_name_the_file(tiny_root: Path, tmp_path: Path) -> None:
@@ -234,6 +242,7 @@ def test_learnable_empty_context(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_safetensors_conversion_gives_the_same_images(tiny_root: Path, tmp_path: Path) -> None:
     folder = shutil.copytree(tiny_root, tmp_path / "converted")
     done = subprocess.run(
