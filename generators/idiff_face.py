@@ -818,7 +818,7 @@ class IDiffFaceGenerator:
                 images += to_pil(self.decode(latents))
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                raise out_of_memory_error(self.name, self.batch_size, self.latent_shape[1] * 4) from None
+                raise out_of_memory_error(self.name, self.batch_size, self.describe()["size"]) from None
         return images
 
     def _contexts(
