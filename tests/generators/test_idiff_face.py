@@ -98,6 +98,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_checkpoint_pickle_is_refused(tiny_root: Path, tmp_path: Path) -> None:
     evil = shutil.copytree(tiny_root, tmp_path / "evil")
     marker = tmp_path / "pwned"
