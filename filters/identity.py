@@ -22,9 +22,9 @@ from facesynth.registry import StrictOptions
 class IdentityFilter(EmbeddingFilter):
     """Cosine between an image and its identity's target must reach ``min_cosine``.
 
-    The target is the bank vector when the embedder is the space the generator is conditioned in
-    (e.g. ``arcface-onnx`` for Arc2Face); otherwise the running centroid of the identity's images
-    accepted so far. For an identity with no accepted image yet, the batch's medoid (the image
+    The target is the bank vector when the embedder has the space the generator is conditioned in
+    (``arcface-onnx`` on the arcface.onnx Arc2Face ships); otherwise the running centroid of the
+    identity's images accepted so far. For an identity with no accepted image yet, the batch's medoid (the image
     closest on average to the others of its identity in the batch) is the provisional target, so
     one odd first image cannot define the identity.
     """
