@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 RECIPE = """\
@@ -22,6 +23,7 @@ filters:
 """
 
 
+@pytest.mark.slow
 def test_finalize_drops_an_identity_whose_centroid_collides_in_another_unit(
     astronaut, tmp_path: Path
 ) -> None:
