@@ -35,6 +35,7 @@ def _faces(size: int) -> tuple[np.ndarray, ...]:
 class FaceImagesGenerator:
     name = NAME
     dim = 512
+    embedding_space = None  # pictures chosen by the vector, in no embedder's space
 
     class Options(StrictOptions):
         size: int = 128
