@@ -230,20 +230,11 @@ def load_run(path: str | Path) -> Any:
     if not weights.is_file():
         raise ModelNotFoundError(f"{path} has no {RUN_WEIGHTS}: the training run has not finished")
     recipe = yaml.safe_load((path / RUN_RECIPE).read_text()) or {}
-    options = dict(recipe.get("model") or {})
-    backbone = options.get("backbone", "r50")
-    num_features = int(options.get("embedding_size", 512))
-    if backbone == "ir_se50":
-        try:
-            from facesynth.recognition.irse import ir_se50
-        except ImportError:
-            raise FacesynthError(
-                "this install has no IR-SE-50 backbone (facesynth.recognition.irse)"
-            ) from None
-        model = ir_se50(num_features=num_features)
-    else:
-        kw = {k: options[k] for k in ("width", "layers") if options.get(k)}
-        model = _iresnet(backbone, num_features, **kw)
+    from facesynth.recognition.train import ModelOptions, build_backbone
+
+    options = ModelOptions.model_validate(recipe.get("model") or {})
+    backbone = options.backbone
+    model = build_backbone(options)  # the same constructor training used (IResNet or IR-SE-50)
     return _load_strict(model, load_file(str(weights)), str(weights), f"{backbone} (from {RUN_RECIPE})")
 
 

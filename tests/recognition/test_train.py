@@ -263,3 +263,41 @@ def test_cli_bad_recipe_exits_2_and_a_run_refuses_another_recipe(
     other = parse_train_recipe(_recipe(), overrides=["head.name=cosface"])
     with pytest.raises(UserInputError, match="another training recipe"):
         train(faces[0], other, run, progress=False)
+
+
+@pytest.mark.slow
+def test_validate_sets_use_the_eval_protocol_and_facesynth_eval_reads_the_run(
+    faces, tmp_path, capsys
+) -> None:
+    """validate.sets (a pairs list here) feed metrics.csv; `facesynth eval RUN` loads the trained IR-SE run."""
+    import json
+
+    from facesynth.cli import main
+
+    held = ParquetReader(faces[1])
+    images = tmp_path / "pairs"
+    images.mkdir()
+    for i in range(len(held)):
+        (images / f"{i}.jpg").write_bytes(held.read(i))
+    lines = [f"{i}.jpg {i + 1}.jpg 1" for i in range(0, 40, 4)]  # same identity (4 views each)
+    lines += [f"{i}.jpg {i + 4}.jpg 0" for i in range(0, 40, 4)]  # next identity
+    (images / "pairs.txt").write_text("\n".join(lines) + "\n")
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(
+        _recipe(
+            model={"backbone": "ir_se50", "width": 16, "layers": [1, 1, 1, 1], "embedding_size": 32},
+            data={"batch_size": 8, "num_workers": 0},
+            schedule={"epochs": 1, "max_steps": 4},
+            validate={"every": 4, "sets": [str(images / "pairs.txt")]},
+        )
+    )
+    run = tmp_path / "run"
+    assert (
+        main(["train", str(faces[0]), "--recipe", str(recipe_file), "--out", str(run), "--no-progress"]) == 0
+    )
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"pairs_acc", "avg_acc"} <= set(header)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--bin", str(images / "pairs.txt"), "--json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "pairs" in json.dumps(report)
