@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     from facesynth.evaluate import add_parser as add_eval_parser  # facesynth eval
 
     add_eval_parser(sub)
+    from facesynth.benchmark import add_parser as add_benchmark_parser  # facesynth benchmark
+
+    add_benchmark_parser(sub)
 
     p = sub.add_parser("push", help="upload a finished dataset to the Hugging Face Hub (resumable)")
     p.add_argument("out", help="finished output folder")
@@ -256,6 +259,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "eval": lambda args: __import__("facesynth.evaluate").evaluate.cmd_eval(args),
+    "benchmark": lambda args: _stage_command("facesynth.benchmark", "cmd_benchmark", args),
     "run": cmd_run,
     "validate": cmd_validate,
     "info": cmd_info,
