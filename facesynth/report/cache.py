@@ -3,7 +3,7 @@
 A cache entry is a folder ``CACHE/<dataset name>-<key>/``:
 
 - ``embeddings.npy``: float32 [N, D] unit rows, NaN where no face was found, **sorted by label**
-  (stable), so one identity's rows are contiguous and can be read a block of identities at a time;
+  (then by content), so one identity's rows are contiguous and can be read a block of identities at a time;
 - ``labels.npy`` (int64 [N], sorted) and ``index.npy`` (the dataset's image index of each row);
 - ``measures.npz``: per-row ``blur``, ``yaw``, ``pitch``, ``roll``, ``det_score`` (NaN when unknown)
   and optional ``attributes/<name>`` columns;
@@ -108,7 +108,10 @@ def write_entry(
     meta: dict[str, Any],
 ) -> Entry:
     """Write a complete entry (rows in dataset order; stored sorted by label) and return it."""
-    order = np.argsort(labels, kind="stable")
+    # by label, then by content within a label: the same images in another format (another
+    # storage order) give the same rows, so the same figures
+    keys = [embeddings[:, d] for d in range(min(4, embeddings.shape[1]))][::-1]
+    order = np.lexsort((*keys, labels))
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
