@@ -6,6 +6,7 @@ number of identities (centroids) and images (one float per image), never with pa
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ class Options:
     nonmated_images: int = 20_000  # images the non-mated pairs are drawn from
     bootstrap: int = 100  # bootstrap rounds for the 95% intervals
     seed: int = 0
-    identity_block: int = 2048  # identities read from the cache at a time
+    identity_block: int = 1024  # identities read from the cache at a time
 
 
 @dataclass
@@ -43,31 +44,74 @@ class Analysis:
 
 def verification(mated: np.ndarray, nonmated: np.ndarray, rounds: int, rng: np.random.Generator) -> dict:
     """EER, FNMR at FMR 1e-2/1e-3/1e-4 and the Fisher ratio, each with a bootstrap 95% interval."""
-
-    def all_stats(m: np.ndarray, n: np.ndarray) -> np.ndarray:
-        return np.array([M.eer(m, n)[0], *(M.fnmr_at_fmr(m, n, f) for f in FMRS), M.fisher_ratio(m, n)])
-
-    point = all_stats(mated, nonmated)
-    draws = np.array(
-        [
-            all_stats(
-                mated[rng.integers(0, len(mated), len(mated))],
-                nonmated[rng.integers(0, len(nonmated), len(nonmated))],
-            )
-            for _ in range(rounds)
-        ]
-    )
-    low, high = np.percentile(draws, [2.5, 97.5], axis=0) if rounds else (point, point)
+    m, nm = np.sort(mated), np.sort(nonmated)
+    point = M.verification_sorted(m, nm, FMRS)
+    draws = [
+        M.verification_sorted(M.resample_sorted(m, rng), M.resample_sorted(nm, rng), FMRS)
+        for _ in range(rounds)
+    ]
+    low, high = np.percentile(np.array(draws), [2.5, 97.5], axis=0) if rounds else (point, point)
     names = ["eer", *(f"fnmr_at_fmr_{f:.0e}" for f in FMRS), "fisher_ratio"]
-    out = {
+    out: dict[str, Any] = {
         n: {"value": float(p), "ci95": [float(lo), float(hi)]}
         for n, p, lo, hi in zip(names, point, low, high, strict=True)
     }
-    out["eer_threshold"] = M.eer(mated, nonmated)[1]
-    out["thresholds_at_fmr"] = {f"{f:.0e}": M.threshold_at_fmr(nonmated, f) for f in FMRS}
+    out["eer_threshold"] = M.eer_sorted(m, nm)[1]
+    out["thresholds_at_fmr"] = {f"{f:.0e}": M.threshold_at_fmr(nm, f, presorted=True) for f in FMRS}
     out["mated_pairs"] = int(len(mated))
     out["nonmated_pairs"] = int(len(nonmated))
     return out
+
+
+def identity_block(
+    rows: np.ndarray, labels: np.ndarray, keep: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Per-identity figures of a block of label-sorted rows (NaN rows skipped), identities of equal
+    size batched together: (classes present, their centroids, their Vendi scores, image->centroid
+    cosine per row, mated-pair cosines)."""
+    ok = np.isfinite(rows).all(axis=1)
+    where = np.flatnonzero(ok)
+    x, lab = (rows, labels) if ok.all() else (rows[ok], labels[ok])  # no copy in the usual case
+    to_centroid = np.full(len(rows), np.nan, np.float32)
+    present = np.unique(lab)
+    if len(present) == 0:
+        return present, np.zeros((0, rows.shape[1]), np.float32), np.zeros(0), to_centroid, []
+    starts = np.searchsorted(lab, present)
+    sizes = np.searchsorted(lab, present, "right") - starts
+    cents = np.empty((len(present), rows.shape[1]), np.float32)
+    vendi = np.empty(len(present), np.float64)
+    mated = []
+    for n in np.unique(sizes):
+        group = np.flatnonzero(sizes == n)
+        index = starts[group][:, None] + np.arange(n)  # [B, n] rows of each identity
+        first = int(index[0, 0])
+        if index[-1, -1] - first + 1 == index.size:  # contiguous: a view, not a copy
+            xs = x[first : first + index.size].reshape(len(group), n, -1)
+        else:
+            xs = x[index]  # [B, n, D]
+        c = M.unit(xs.mean(axis=1))
+        cents[group] = c
+        to_centroid[where[index]] = np.einsum("bnd,bd->bn", xs, c)
+        gram = np.matmul(xs, xs.transpose(0, 2, 1))  # [B, n, n]
+        if n > 1:
+            iu = np.triu_indices(n, k=1)
+            pairs = gram[:, iu[0], iu[1]].ravel()
+            mated.append(pairs[rng.random(len(pairs)) < keep] if keep < 1.0 else pairs)
+        if n <= xs.shape[2]:
+            vendi[group] = M.vendi_of_grams(gram.astype(np.float64) / n)
+        else:
+            vendi[group] = [M.vendi(v) for v in xs]
+    return present, cents, vendi, to_centroid, mated
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS on one thread: the report multiplies many small matrices, where a loaded machine makes
+    multi-threaded BLAS up to 100x slower (threadpoolctl, from the report extra, when installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def analyse(
@@ -78,7 +122,17 @@ def analyse(
     progress: bool = True,
 ) -> Analysis:
     """All figures of one dataset (``gallery``: unit [M, D] real-identity embeddings, optional)."""
-    o = options or Options()
+    with one_blas_thread():
+        return _analyse(entry, name, options or Options(), gallery, progress)
+
+
+def _analyse(
+    entry: Entry,
+    name: str,
+    o: Options,
+    gallery: np.ndarray | None,
+    progress: bool,
+) -> Analysis:
     rng = np.random.default_rng(o.seed)
     n, classes = len(entry), entry.classes
     valid = np.zeros(n, bool)
@@ -95,18 +149,12 @@ def analyse(
         k1 = min(classes, k0 + o.identity_block)
         r0, r1 = int(entry.bounds[k0]), int(entry.bounds[k1])
         rows = entry.rows(r0, r1)
-        ok = np.isfinite(rows).all(axis=1)
-        valid[r0:r1] = ok
-        for k in range(k0, k1):
-            a, b = int(entry.bounds[k]) - r0, int(entry.bounds[k + 1]) - r0
-            x = rows[a:b][ok[a:b]]
-            if len(x) == 0:
-                continue
-            c = M.unit(x.mean(0))
-            cents[k] = c
-            to_centroid[r0 + a : r0 + b][ok[a:b]] = x @ c
-            vendi[k] = M.vendi(x)
-            mated.append(M.mated_pairs(x, rng, keep))
+        valid[r0:r1] = np.isfinite(rows).all(axis=1)
+        ks, block_cents, block_vendi, block_cos, block_mated = identity_block(
+            rows, entry.labels[r0:r1], keep, rng
+        )
+        cents[ks], vendi[ks], to_centroid[r0:r1] = block_cents, block_vendi, block_cos
+        mated += block_mated
         bar.update(k1 - k0)
     bar.close()
     present = np.isfinite(cents).all(axis=1)
@@ -115,7 +163,10 @@ def analyse(
     # non-mated pairs from a fixed-seed sample of images
     valid_rows = np.flatnonzero(valid)
     sample = np.sort(rng.choice(valid_rows, min(o.nonmated_images, len(valid_rows)), replace=False))
-    nonmated = M.nonmated_pairs(entry.take(sample), entry.labels[sample], o.nonmated, rng)
+    sample_counts = np.bincount(entry.labels[sample])
+    distinct = int((len(sample) ** 2 - np.sum(sample_counts.astype(np.int64) ** 2)) // 2)
+    # no more draws than there are distinct pairs: a small dataset gets a small (still fixed) sample
+    nonmated = M.nonmated_pairs(entry.take(sample), entry.labels[sample], min(o.nonmated, distinct), rng)
     mated_all = np.concatenate(mated) if mated else np.zeros(0, np.float32)
 
     stats: dict[str, Any] = {

@@ -48,28 +48,52 @@ def nonmated_pairs(
         j = rng.integers(0, n, 2 * need)
         ok = labels[i] != labels[j]
         i, j = i[ok][:need], j[ok][:need]
-        scores.append(np.einsum("ij,ij->i", embeddings[i], embeddings[j]).astype(np.float32))
+        for s in range(0, len(i), 16384):  # bounded gathers
+            a, b = embeddings[i[s : s + 16384]], embeddings[j[s : s + 16384]]
+            scores.append(np.einsum("ij,ij->i", a, b).astype(np.float32))
         need -= len(i)
     return np.concatenate(scores)
+
+
+def _rates(m: np.ndarray, nm: np.ndarray, t: float) -> tuple[float, float]:
+    """(FNMR, FMR) at threshold ``t`` on sorted scores: mated below ``t``, non-mated at or above it."""
+    return np.searchsorted(m, t, "left") / len(m), 1.0 - np.searchsorted(nm, t, "left") / len(nm)
+
+
+def eer_sorted(m: np.ndarray, nm: np.ndarray) -> tuple[float, float]:
+    """``eer`` on sorted arrays without scanning every score.
+
+    FNMR - FMR never decreases as the threshold rises, so its sign change is found by bisection
+    over each array's scores; the closest candidates on either side of it are then compared.
+    """
+    candidates = []
+    for values in (m, nm):
+        lo, hi = 0, len(values) - 1
+        while lo < hi:  # first score where FNMR - FMR >= 0
+            mid = (lo + hi) // 2
+            fnmr, fmr = _rates(m, nm, values[mid])
+            if fnmr - fmr >= 0:
+                hi = mid
+            else:
+                lo = mid + 1
+        candidates += [float(values[i]) for i in (lo - 1, lo) if 0 <= i < len(values)]
+    best = min(candidates, key=lambda t: (abs(np.subtract(*_rates(m, nm, t))), t))
+    fnmr, fmr = _rates(m, nm, best)
+    return float((fnmr + fmr) / 2), best
 
 
 def eer(mated: np.ndarray, nonmated: np.ndarray) -> tuple[float, float]:
     """(equal error rate, its threshold): where FNMR (mated < t) meets FMR (non-mated >= t).
 
-    Evaluated at every observed score; the EER is the mean of FMR and FNMR at the threshold
-    where they are closest.
+    Evaluated at the observed scores; the EER is the mean of FMR and FNMR at the score where they
+    are closest (the lowest such score on a tie).
     """
-    thresholds = np.unique(np.concatenate([mated, nonmated]))
-    m, nm = np.sort(mated), np.sort(nonmated)
-    fnmr = np.searchsorted(m, thresholds, side="left") / len(m)
-    fmr = 1.0 - np.searchsorted(nm, thresholds, side="left") / len(nm)
-    k = int(np.argmin(np.abs(fnmr - fmr)))
-    return float((fnmr[k] + fmr[k]) / 2), float(thresholds[k])
+    return eer_sorted(np.sort(mated), np.sort(nonmated))
 
 
-def threshold_at_fmr(nonmated: np.ndarray, fmr: float) -> float:
+def threshold_at_fmr(nonmated: np.ndarray, fmr: float, presorted: bool = False) -> float:
     """The smallest threshold whose false match rate (share of non-mated >= t) is at most ``fmr``."""
-    nm = np.sort(nonmated)
+    nm = nonmated if presorted else np.sort(nonmated)
     k = int(np.ceil(len(nm) * (1.0 - fmr)))
     if k >= len(nm):
         return float(np.nextafter(nm[-1], np.inf))  # too few non-mated pairs: stricter than all of them
@@ -79,6 +103,18 @@ def threshold_at_fmr(nonmated: np.ndarray, fmr: float) -> float:
 def fnmr_at_fmr(mated: np.ndarray, nonmated: np.ndarray, fmr: float) -> float:
     """Share of mated pairs below the threshold that lets through ``fmr`` of the non-mated ones."""
     return float(np.mean(mated < threshold_at_fmr(nonmated, fmr)))
+
+
+def verification_sorted(m: np.ndarray, nm: np.ndarray, fmrs: tuple[float, ...]) -> np.ndarray:
+    """[EER, FNMR at each FMR, Fisher ratio] of sorted mated and non-mated scores."""
+    fnmrs = [np.searchsorted(m, threshold_at_fmr(nm, f, presorted=True), "left") / len(m) for f in fmrs]
+    return np.array([eer_sorted(m, nm)[0], *fnmrs, fisher_ratio(m, nm)])
+
+
+def resample_sorted(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A bootstrap resample (with replacement) of sorted ``values``, already sorted: no sort needed."""
+    counts = np.bincount(rng.integers(0, len(values), len(values)), minlength=len(values))
+    return np.repeat(values, counts)
 
 
 def fisher_ratio(mated: np.ndarray, nonmated: np.ndarray) -> float:
@@ -162,6 +198,13 @@ def vendi(embeddings: np.ndarray) -> float:
     eig = np.clip(np.linalg.eigvalsh(gram), 0, None)
     eig = eig[eig > 1e-12]
     return float(np.exp(-np.sum(eig * np.log(eig))))
+
+
+def vendi_of_grams(grams: np.ndarray) -> np.ndarray:
+    """Vendi scores of a stack of normalised cosine Gram matrices [B, n, n] (K / n)."""
+    eig = np.clip(np.linalg.eigvalsh(grams), 0, None)
+    terms = np.where(eig > 1e-12, eig * np.log(np.where(eig > 1e-12, eig, 1.0)), 0.0)
+    return np.exp(-terms.sum(axis=-1))
 
 
 def best_match(queries: np.ndarray, gallery: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:

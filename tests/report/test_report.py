@@ -101,10 +101,40 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"data": data, "gallery": gallery}
 
 
+def attribute_model(path: Path) -> Path:
+    """A tiny ONNX attribute classifier: mean colour -> 'gender' (2 classes, named) and 'age' (a value)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((3, 2)).astype(np.float32), "w_gender"),
+        numpy_helper.from_array(np.abs(rng.standard_normal((3, 1))).astype(np.float32) * 30, "w_age"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Reshape", ["pooled", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w_gender"], ["gender"]),
+        helper.make_node("MatMul", ["flat", "w_age"], ["age"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "attributes", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("gender", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("age", TensorProto.FLOAT, ["N", 1])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"labels_gender": "female,male"})
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def faces_report(faces: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("faces-report")
-    report([faces["data"]], "dlib", out, gallery=faces["gallery"], progress=False)
+    model = attribute_model(tmp_path_factory.mktemp("attributes") / "attributes.onnx")
+    report([faces["data"]], "dlib", out, gallery=faces["gallery"], attributes=str(model), progress=False)
     return out
 
 
@@ -120,6 +150,13 @@ def test_real_faces_through_dlib(faces_report: Path) -> None:
     leak = stats["leakage"]
     assert leak["gallery_size"] >= 2 and leak["tail"][0] > 0.915 and leak["tail"][1] < leak["tail"][0]
     assert leak["share_identities_above"]["fixed_0.3"] > 0
+    attributes = stats["attributes"]
+    assert sum(attributes["gender"].values()) == stats["images_with_face"] and set(attributes["gender"]) == {
+        "female",
+        "male",
+    }
+    assert attributes["age"]["count"] == stats["images_with_face"] and attributes["age"]["std"] > 0
+    assert (faces_report / "attributes.png").is_file()
     page = (faces_report / "report.html").read_text()
     assert "closest gallery matches" in page and "1-(1-f)^M" in page
     assert page.count("<img") >= 10 and "src='http" not in page and 'src="http' not in page
