@@ -34,8 +34,8 @@ def _names(paths: Sequence[Path]) -> list[str]:
 
 def _check_out(out: Path, inputs: Sequence[Path]) -> None:
     for p in inputs:
-        root = p.resolve() if p.is_dir() else p.resolve().parent
-        if out == root or root in out.parents:
+        root = p.resolve()
+        if p.is_dir() and (out == root or root in out.parents):
             raise UserInputError(f"--out {out} is inside the dataset {p}; write the report elsewhere")
 
 

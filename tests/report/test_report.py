@@ -71,6 +71,28 @@ def test_the_same_dataset_in_four_formats_gives_identical_figures(
     assert len(list((tmp_path / "cache").iterdir())) == 4  # one entry per dataset
     for kind in ("imagefolder", "recordio", "lmdb"):
         assert figures[kind] == figures["parquet"], kind
+    # side by side, against an embeddings-file gallery with one planted leak: no embedding is recomputed
+    from facesynth.report.cache import read_entry
+
+    entries = sorted((tmp_path / "cache").iterdir())
+    stamps = [(e / "embeddings.npy").stat().st_mtime_ns for e in entries]
+    planted = read_entry(entries[0]).rows(0, 1)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((50, planted.shape[1])).astype(np.float32)
+    np.save(
+        tmp_path / "real.npy", np.concatenate([noise / np.linalg.norm(noise, axis=1, keepdims=True), planted])
+    )
+    out = tmp_path / "cmp"
+    args = ["report", str(smoke_formats["lmdb"]), str(smoke_formats["recordio"]), "--embedder", "dlib", "--aligned",
+            "--gallery", str(tmp_path / "real.npy"), "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert [(e / "embeddings.npy").stat().st_mtime_ns for e in entries] == stamps
+    both = json.loads((out / "stats.json").read_text())["datasets"]
+    assert set(both) == {"smoke.lmdb", "rec"}
+    for stats in both.values():
+        assert stats["leakage"]["gallery_size"] == 51 and stats["leakage"]["image_best_match"]["max"] > 0.999
+        assert stats["verification"] == figures["parquet"]["verification"]
+    assert "leakage.png" in json.loads((out / "stats.json").read_text())["figures"]
 
 
 @pytest.fixture(scope="module")
