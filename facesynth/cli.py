@@ -104,7 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
     p.add_argument("--shard-size-mb", type=float, default=500, help="WebDataset tar shard size")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("report", help="measure datasets (ours or anyone's): report.html, stats.json, plots")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="parquet, image folder, RecordIO or LMDB")
+    p.add_argument(
+        "--embedder", required=True, help="embedder name or recipe-style mapping, e.g. '{name: dlib}'"
+    )
+    p.add_argument(
+        "--gallery", help="real gallery: embeddings file (.npy/.safetensors/.parquet) or a dataset"
+    )
+    p.add_argument("--aligned", action="store_true", help="images are already aligned face crops")
+    p.add_argument("--detector", default="dlib", help="face detector when not --aligned (default dlib)")
+    p.add_argument("--attributes", metavar="MODEL.onnx", help="ONNX attribute classifier (optional)")
+    p.add_argument("--cache", help="embedding cache folder (default OUT/cache)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from facesynth.report import report
+
+    report(args.datasets, args.embedder, args.out, args.gallery, args.aligned, args.cache, args.detector,
+           args.attributes, progress=not args.no_progress)  # fmt: skip
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -270,6 +293,7 @@ COMMANDS = {
     "push": cmd_push,
     "export": cmd_export,
     "train": lambda args: _stage_command("facesynth.recognition.train", "cmd_train", args),
+    "report": cmd_report,
 }
 
 

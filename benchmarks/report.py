@@ -1,0 +1,111 @@
+"""``facesynth report`` on cached embeddings: time and peak memory at 10,000 x 50 and 4x that; prints JSON.
+
+No images are needed: the report's figures are computed from its embedding cache (embeddings,
+labels, per-image measures), so this writes synthetic cache entries in that exact format and runs
+the analysis, the plots, stats.json and the page on them (picture grids need images and are left
+out; so is a gallery). Each size is written by one subprocess and reported on by another, whose own
+peak RSS (``ru_maxrss``) is what is measured. Targets: <= 60 s and <= 4 GB at 10,000 x 50;
+near-linear time and flat memory per identity at 4x.
+
+    python benchmarks/report.py [--identities 10000] [--images 50] [--growth 4] [--dim 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_entry(folder: Path, identities: int, images: int, dim: int) -> None:
+    """A cache entry of ``identities`` x ``images`` ArcFace-like unit vectors (mated cosine ~0.28, non-mated ~0)."""
+    from facesynth.report.cache import CACHE_VERSION
+
+    folder.mkdir(parents=True)
+    n = identities * images
+    rng = np.random.default_rng(0)
+    out = np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype="<f4", shape=(n, dim))
+    step = 1000
+    for k0 in range(0, identities, step):
+        k1 = min(identities, k0 + step)
+        centre = rng.standard_normal((k1 - k0, 1, dim)).astype(np.float32)
+        x = centre + 1.6 * rng.standard_normal((k1 - k0, images, dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=-1, keepdims=True)
+        out[k0 * images : k1 * images] = x.reshape(-1, dim)
+    out.flush()
+    del out
+    np.save(folder / "labels.npy", np.repeat(np.arange(identities, dtype=np.int64), images))
+    np.save(folder / "index.npy", np.arange(n, dtype=np.int64))
+    measures = {k: rng.normal(0, 15, n).astype(np.float32) for k in ("yaw", "pitch", "roll")}
+    measures |= {"blur": rng.gamma(4, 100, n).astype(np.float32), "det_score": np.ones(n, np.float32)}
+    np.savez(folder / "measures.npz", **measures)
+    meta = {"version": CACHE_VERSION, "dataset": "synthetic", "format": "cache", "space": "synthetic:512",
+            "identity_names": [str(k) for k in range(identities)], "attribute_labels": {}}  # fmt: skip
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def run_report(folder: Path, out: Path) -> dict:
+    from facesynth.report import write_report
+    from facesynth.report.analyse import analyse
+    from facesynth.report.cache import read_entry
+
+    start = time.perf_counter()
+    entry = read_entry(folder)
+    analysis = analyse(entry, "synthetic", progress=False)
+    analysed = time.perf_counter()
+    write_report(out, [analysis], None, None, {"embedder": "synthetic"})
+    done = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kb = usage.ru_maxrss
+    # CPU seconds since the start (import included): on a shared machine, wall time also counts waiting
+    return {"seconds": done - start, "cpu_seconds": usage.ru_utime + usage.ru_stime, "analyse_seconds": analysed - start, "page_seconds": done - analysed,
+            "peak_gb": peak_kb / 2**20, "images": len(entry), "identities": entry.classes}  # fmt: skip
+
+
+def child(*args: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--identities", type=int, default=10_000)
+    p.add_argument("--images", type=int, default=50)
+    p.add_argument("--growth", type=int, default=4)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--make", nargs=2, metavar=("FOLDER", "IDENTITIES"))
+    p.add_argument("--run", nargs=2, metavar=("FOLDER", "OUT"))
+    args = p.parse_args()
+    if args.make:
+        make_entry(Path(args.make[0]), int(args.make[1]), args.images, args.dim)
+        print("{}")
+        return
+    if args.run:
+        print(json.dumps(run_report(Path(args.run[0]), Path(args.run[1]))))
+        return
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (1, args.growth):
+            identities = args.identities * scale
+            folder, out = Path(tmp) / f"cache-{scale}", Path(tmp) / f"out-{scale}"
+            child(
+                "--make", str(folder), str(identities), "--images", str(args.images), "--dim", str(args.dim)
+            )
+            results[f"x{scale}"] = child("--run", str(folder), str(out))
+    base, grown = results["x1"], results[f"x{args.growth}"]
+    results["time_ratio"] = grown["seconds"] / base["seconds"]
+    results["cpu_ratio"] = grown["cpu_seconds"] / base["cpu_seconds"]
+    results["memory_ratio"] = grown["peak_gb"] / base["peak_gb"]
+    results["meets_targets"] = base["seconds"] <= 60 and base["peak_gb"] <= 4
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
