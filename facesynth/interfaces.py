@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -78,6 +78,12 @@ class Generator(Protocol):
     name: str
     dim: int
     batch_size: int
+    # "unit": only the direction of a vector matters (the generator normalises it); "raw": it takes
+    # un-normalised features whose norm carries meaning (Vec2Face: ArcFace features of norm ~20-30).
+    input_scale: ClassVar[Literal["unit", "raw"]]
+    # Per-image numbers the generator reports (e.g. whether an optimisation converged); written
+    # as dataset columns. Empty for most generators.
+    score_columns: ClassVar[tuple[str, ...]]
 
     def generate(
         self,
@@ -85,6 +91,10 @@ class Generator(Protocol):
         seeds: Sequence[int],
         prompts: Sequence[str] | None = None,
     ) -> list[Image.Image]: ...
+
+    def image_scores(self) -> list[dict[str, float]]:
+        """The ``score_columns`` values of the images of the last ``generate`` call, in order."""
+        ...
 
 
 @dataclass

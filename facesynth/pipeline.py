@@ -108,7 +108,7 @@ class Worker:
     variation: Any
 
     def __post_init__(self) -> None:
-        self.columns = score_columns(self.filters)
+        self.columns = [*self.generator.score_columns, *score_columns(self.filters)]
         self.features = dataset_features(self.columns)
         self.rejected_features = rejected_features(self.columns)
 
@@ -137,6 +137,9 @@ class Worker:
         images = self.generator.generate(vectors, [c.seed for c in candidates], prompts)
         for candidate, image in zip(candidates, images, strict=True):
             candidate.image = image
+        if self.generator.score_columns:
+            for candidate, scores in zip(candidates, self.generator.image_scores(), strict=True):
+                candidate.scores.update(scores)
 
     def row(self, c: Candidate) -> dict[str, Any]:
         """The dataset row of an accepted candidate (label is assigned at finalize)."""
