@@ -81,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to push to (created if needed; default main)")
     p.add_argument("--dry-run", action="store_true", help="print the upload plan, upload nothing")
 
-    p = sub.add_parser("export", help="write a finished dataset as ImageFolder, RecordIO or WebDataset")
+    p = sub.add_parser("export", help="write a finished dataset as ImageFolder, RecordIO, WebDataset or LMDB")
     p.add_argument("out", help="finished output folder")
     p.add_argument("dest", help="destination folder")
-    p.add_argument("--to", required=True, choices=["imagefolder", "recordio", "webdataset"], help="format")
+    p.add_argument(
+        "--to", required=True, choices=["imagefolder", "recordio", "webdataset", "lmdb"], help="format"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
     p.add_argument("--shard-size-mb", type=float, default=500, help="WebDataset tar shard size")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,8 +127,11 @@ def dataset_info(out: Path) -> dict[str, Any]:
     from facesynth.runner import read_run
 
     if (out / layout.STATS).exists():
+        from facesynth.schema import features_of
+
         stats = layout.read_json(out / layout.STATS)
-        return {"state": "finalized", **stats}
+        shards = sorted((out / layout.DATA).glob("*.parquet"))
+        return {"state": "finalized", **stats, "columns": list(features_of(shards[0])) if shards else []}
     run = read_run(out)
     if run is None:
         raise UserInputError(f"{out} is not a facesynth output (no {layout.STATS} or {layout.RUN})")

@@ -1,4 +1,4 @@
-"""Export a finished dataset for trainers that do not read parquet: ImageFolder, RecordIO, WebDataset.
+"""Export a finished dataset for trainers that do not read parquet: ImageFolder, RecordIO, WebDataset, LMDB.
 
 Rows are streamed from ``data/*.parquet`` one row group at a time; nothing holds the dataset in
 memory. RecordIO and WebDataset are read sequentially by their loaders, so their records are
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from facesynth import layout
 from facesynth.errors import UserInputError
 
-FORMATS = ("imagefolder", "recordio", "webdataset")
+FORMATS = ("imagefolder", "recordio", "webdataset", "lmdb")
 _SHUFFLE_SALT = 0x5F1E
 
 
@@ -277,6 +277,46 @@ class WebDatasetWriter:
         return {"images": self.count, "shards": self.shards}
 
 
+class LMDBWriter:
+    """The LMDB of Vec2Face's harness (HSFace/VFace): msgpack ``(image_bytes, label)`` under ``b"0"``..``b"N-1"``.
+
+    Then ``__keys__`` (msgpack list of the keys), ``__len__`` and ``__classnum__``. ``dest`` is an
+    LMDB environment folder (``data.mdb``); the harness opens it when its path ends in ``.lmdb``.
+    Rows keep storage order: the harness's sampler shuffles.
+    """
+
+    COMMIT_EVERY = 5000
+
+    def __init__(self, dest: Path, num_labels: int, data_bytes: int) -> None:
+        from facesynth.readers import lmdb_modules
+
+        lmdb, self.msgpack = lmdb_modules()
+        dest.mkdir(parents=True, exist_ok=True)
+        # map_size only reserves address space; the file grows with what is written.
+        self.env = lmdb.open(str(dest), subdir=True, map_size=max(1 << 30, 2 * data_bytes + (64 << 20)))
+        self.txn = self.env.begin(write=True)
+        self.num_labels = num_labels
+        self.count = 0
+
+    def write(self, sample: Sample) -> None:
+        key = str(self.count).encode("ascii")
+        self.txn.put(key, self.msgpack.packb((sample.image, int(sample.label)), use_bin_type=True))
+        self.count += 1
+        if self.count % self.COMMIT_EVERY == 0:
+            self.txn.commit()
+            self.txn = self.env.begin(write=True)
+
+    def close(self) -> dict[str, Any]:
+        keys = [str(k).encode("ascii") for k in range(self.count)]
+        self.txn.put(b"__keys__", self.msgpack.packb(keys, use_bin_type=True))
+        self.txn.put(b"__len__", self.msgpack.packb(len(keys)))
+        self.txn.put(b"__classnum__", self.msgpack.packb(self.num_labels))
+        self.txn.commit()
+        self.env.sync()
+        self.env.close()
+        return {"images": self.count, "labels": self.num_labels}
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -314,8 +354,8 @@ def export(
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted export
     partial.mkdir(parents=True)
     samples: Iterable[Sample] = iter_samples(out)
-    if to != "imagefolder":  # sequential readers: interleave identities
-        data_bytes = sum(s["bytes"] for s in stats["shards"])
+    data_bytes = sum(s["bytes"] for s in stats["shards"])
+    if to in ("recordio", "webdataset"):  # sequential readers: interleave identities
         # At most 1000 bucket files are open at once; beyond ~250 GB the buckets grow instead.
         buckets = min(1000, max(1, math.ceil(data_bytes / (bucket_mb * (1 << 20)))))
         samples = shuffled(samples, seed, partial / ".shuffle", buckets)
@@ -324,6 +364,8 @@ def export(
         writer = ImageFolderWriter(partial, num_labels)
     elif to == "recordio":
         writer = RecordIOWriter(partial, num_images, num_labels)
+    elif to == "lmdb":
+        writer = LMDBWriter(partial, num_labels, data_bytes)
     else:
         writer = WebDatasetWriter(partial, int(shard_size_mb * (1 << 20)))
     for sample in tqdm(samples, total=num_images, unit="img", desc=f"export {to}", disable=not progress):

@@ -16,24 +16,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Features, Sequence, Value
+from datasets import Features
 
 from facesynth import __version__, layout
 from facesynth.card import write_card
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.recipe import load_recipe
 from facesynth.runner import read_run
-from facesynth.writer import ParquetShardWriter, dataset_features, rejected_features, write_table
-
-IDENTITY_FEATURES = {
-    "identity": Value("int64"),
-    "name": Value("string"),  # the input's folder or label, when filtering an existing dataset
-    "label": Value("int32"),
-    "images_kept": Value("int32"),
-    "attempts": Value("int32"),
-    "drop_reason": Value("string"),
-    "vector": Sequence(Value("float32")),
-}
+from facesynth.schema import (
+    CENTROID_PREFIX,
+    IDENTITY_TABLE,
+    UNIT_IDENTITY_COLUMNS,
+    features_of,
+    rejected_features,
+    score_columns_of,
+)
+from facesynth.writer import ParquetShardWriter, write_table
 
 
 def is_finalized(out: Path) -> bool:
@@ -68,6 +66,32 @@ def _check_exactly_once(out: Path, units: list[dict[str, Any]], tables: list[pa.
             )
 
 
+def check_one_generator(out: Path, units: list[dict[str, Any]]) -> None:
+    """Refuse to merge units whose generator provenance differs (e.g. weights resolved to another revision).
+
+    Each done-marker holds the generator's ``describe()``; paths are left out of the comparison
+    (workers on different hosts find the same weights in different places).
+    """
+
+    def made_by(marker: dict[str, Any]) -> dict[str, Any]:
+        generator = marker.get("generator") or {}
+        return {k: v for k, v in generator.items() if not k.endswith("_path")}
+
+    reference = made_by(units[0]) if units else {}
+    for u, marker in enumerate(units):
+        differs = sorted(
+            k for k in reference.keys() | made_by(marker).keys() if made_by(marker).get(k) != reference.get(k)
+        )
+        if differs:
+            first = differs[0]
+            raise FacesynthError(
+                f"unit {u} of {out} was made by another generator than unit 0 ({first}: "
+                f"{made_by(marker).get(first)!r} vs {reference.get(first)!r}); delete "
+                f"{layout.unit_done_marker(out, u).name} in {layout.UNITS}/ (and the units like it) and rerun "
+                "to remake them with one generator"
+            )
+
+
 def finalize(out: str | Path) -> dict[str, Any]:
     """Merge the finished units of ``out`` into ``data/``, side tables, ``README.md`` and ``stats.json``."""
     out = Path(out).resolve()
@@ -78,14 +102,14 @@ def finalize(out: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{out} is not a facesynth output (no {layout.RUN})")
     recipe = load_recipe(out / layout.RECIPE, need_generation=False)
     units = _read_units(out, run["num_units"])
+    check_one_generator(out, units)
     from facesynth.filters import FILTERS, load_filter
     from facesynth.identity.bank import IdentityBank
 
     # The columns travel in the unit files; only filters with a dataset-wide pass are built, as
     # building a filter can load models (detectors, embedders).
-    features = Features.from_arrow_schema(pq.read_schema(layout.unit_stem(out, 0).with_suffix(".parquet")))
-    base = dataset_features([])
-    columns = [name for name in features if name not in base]
+    features = features_of(layout.unit_stem(out, 0).with_suffix(".parquet"))
+    columns = score_columns_of(features)
     passes = [
         load_filter(f.name, **f.options)
         for f in recipe.filters
@@ -94,9 +118,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
 
     tables = [_read(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))]
     _check_exactly_once(out, units, tables)
-    identities = pa.concat_tables(
-        [t.select(["identity", "name", "images_kept", "attempts", "drop_reason"]) for t in tables]
-    )
+    identities = pa.concat_tables([t.select(list(UNIT_IDENTITY_COLUMNS)) for t in tables])
     drop_reason: dict[int, str] = {
         i: r
         for i, r in zip(
@@ -133,14 +155,14 @@ def finalize(out: str | Path) -> dict[str, Any]:
 
 
 def _centroids(tables: list[pa.Table], kept: set[int]) -> dict[str, np.ndarray]:
-    """Per embedder, a [K, D] array of kept identities' centroids, rows in ``sorted(kept)`` order."""
+    """Per embedding space, a [K, D] array of kept identities' centroids, rows in ``sorted(kept)`` order."""
     per_embedder: dict[str, dict[int, list[float]]] = {}
     for table in tables:
         ids = table["identity"].to_pylist()
         for name in table.column_names:
-            if name.startswith("centroid_"):
+            if name.startswith(CENTROID_PREFIX):
                 values = table[name].to_pylist()
-                target = per_embedder.setdefault(name.removeprefix("centroid_"), {})
+                target = per_embedder.setdefault(name.removeprefix(CENTROID_PREFIX), {})
                 target.update({i: v for i, v in zip(ids, values, strict=True) if i in kept and v is not None})
     order = sorted(kept)
     return {
@@ -212,7 +234,7 @@ def _write_identity_table(
             strict=True,
         )
     )
-    write_table(out / layout.IDENTITIES, rows, Features(IDENTITY_FEATURES))
+    write_table(out / layout.IDENTITIES, rows, IDENTITY_TABLE)
 
 
 def _stats(

@@ -41,10 +41,16 @@ class Detector(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns faces into L2-normalised identity vectors of dimension ``dim``."""
+    """Turns faces into L2-normalised identity vectors of dimension ``dim``.
+
+    ``space`` names the vector space: ``"<family>:<sha256 of the model file(s)>"``
+    (``facesynth.filters.models.embedding_space``). Vectors are cached and compared by space,
+    never by ``name``: two ArcFace files are two spaces, one file loaded by two embedders is one.
+    """
 
     name: str
     dim: int
+    space: str
 
     def embed_faces(self, images: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
         """Embed ``faces[i]`` found in ``images[i]``; returns float32 [N, dim], rows unit-norm."""
@@ -57,9 +63,14 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class IdentitySampler(Protocol):
-    """Proposes candidate identity vectors; the bank builder decides which to keep."""
+    """Proposes candidate identity vectors; the bank builder decides which to keep.
+
+    ``names[k]`` names the k-th candidate ever drawn (a folder of the ``images`` sampler), or
+    ``names`` is None for anonymous candidates.
+    """
 
     dim: int
+    names: list[str] | None
 
     def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Return float32 [count, dim] candidates (fewer only when a finite source runs out)."""
@@ -78,6 +89,7 @@ class Generator(Protocol):
     name: str
     dim: int
     batch_size: int
+    embedding_space: str | None  # the Embedder.space its vectors live in (from its weights), if any
     # "unit": only the direction of a vector matters (the generator normalises it); "raw": it takes
     # un-normalised features whose norm carries meaning (Vec2Face: ArcFace features of norm ~20-30).
     input_scale: ClassVar[Literal["unit", "raw"]]
@@ -109,7 +121,7 @@ class Candidate:
     variation_cosine: float = 1.0
     image: Image.Image | None = None
     face: Face | None = None
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # embedder name -> unit vector
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # Embedder.space -> unit vector
     scores: dict[str, float] = field(default_factory=dict)  # column name -> value
     rejected_by: str | None = None
     reason: str | None = None
@@ -128,13 +140,13 @@ class Candidate:
 class FilterContext:
     """What a filter may know beyond the batch: the bank, and what was accepted so far.
 
-    ``accepted_embeddings[embedder][identity]`` lists the embeddings of the images already
+    ``accepted_embeddings[space][identity]`` (``space`` = ``Embedder.space``) lists the embeddings of the images already
     accepted for that identity in this unit (the pipeline appends after the last filter).
     """
 
     bank_vectors: np.ndarray  # [N, D] identity vectors of the whole bank
     unit_identities: Sequence[int]
-    generator_space: str | None = None  # embedder name whose space the generator is conditioned in
+    generator_space: str | None = None  # Embedder.space the generator is conditioned in, if any
     accepted_embeddings: dict[str, dict[int, list[np.ndarray]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -147,6 +159,8 @@ class Filter(Protocol):
     ``candidate.scores`` under the names in ``score_columns`` (NaN when not computed), and calls
     ``candidate.reject(self.name, reason)``. ``accept`` is called, in order, for every candidate
     that passed all filters, so stateful filters (duplicates, centroids) can remember it.
+    The pipeline calls the filters with all of one identity's candidates of one round, in attempt
+    order, identities in order: never a grouping that depends on the generator's batch size.
     """
 
     name: str

@@ -38,6 +38,24 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+def written_by_live_process(tmp: Path, other_hosts_alive: bool) -> bool:
+    """Whether the process that named ``tmp`` (see ``temporary_name``) may still be writing it.
+
+    On this host that is known (is its pid running?); a file of another host counts as alive when
+    ``other_hosts_alive`` (workers elsewhere may be running).
+    """
+    host, _, pid = Path(tmp).name.rpartition(".tmp-")[2].rpartition("-")
+    if host != socket.gethostname():
+        return other_hosts_alive
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # running, as another user
+        return True
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
     path = Path(path)

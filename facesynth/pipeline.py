@@ -5,8 +5,9 @@ each later round asks again for what the filters rejected, until every identity 
 spent its attempt budget. Batches that mix identities are generated on the main thread while a
 single worker thread filters and encodes the previous batch; two units are in flight, so while one
 waits for its round's last batch to be filtered the other generates, and a writer thread writes a
-finished unit's files, so the model waits neither for the CPU nor for the disk. One filter thread
-keeps each unit's filter order, and so its rows, deterministic.
+finished unit's files, so the model waits neither for the CPU nor for the disk. The filter thread
+regroups what the generator made: the filters see all of one identity's candidates of one round at
+once, identities in order, so every decision is independent of the generator's batch size.
 """
 
 from __future__ import annotations
@@ -24,15 +25,9 @@ import numpy as np
 from facesynth import layout
 from facesynth.interfaces import Candidate, Filter, FilterContext, Generator
 from facesynth.recipe import Recipe
+from facesynth.schema import CENTROID_PREFIX, dataset_features, rejected_features, unit_identity_features
 from facesynth.seeds import image_prompt, image_seed
-from facesynth.writer import (
-    EXTENSIONS,
-    ParquetShardWriter,
-    dataset_features,
-    encode_image,
-    rejected_features,
-    write_table,
-)
+from facesynth.writer import EXTENSIONS, ParquetShardWriter, encode_image, write_table
 
 
 @dataclass
@@ -71,7 +66,7 @@ def apply_filters(filters: Sequence[Filter], batch: Sequence[Candidate], context
 
 
 def centroids(context: FilterContext, identities: Sequence[int]) -> dict[str, dict[int, np.ndarray]]:
-    """Normalised mean of each identity's accepted embeddings, per embedder."""
+    """Normalised mean of each identity's accepted embeddings, per embedding space."""
     result: dict[str, dict[int, np.ndarray]] = {}
     for embedder, per_identity in context.accepted_embeddings.items():
         for identity in identities:
@@ -148,7 +143,8 @@ class Worker:
         from PIL import Image
 
         image = Image.fromarray(c.face.aligned) if use_crop else c.image  # type: ignore[union-attr]
-        name = c.source or f"{c.identity:07d}_{c.attempt:04d}.{EXTENSIONS[out.image_format]}"
+        stem = c.source.rsplit(".", 1)[0] if c.source else f"{c.identity:07d}_{c.attempt:04d}"
+        name = f"{stem}.{EXTENSIONS[out.image_format]}"  # re-encoded: the name says the new format
         row = {
             "image": {"bytes": encode_image(image, out.image_format, out.quality), "path": name},
             "label": -1,
@@ -181,19 +177,43 @@ class UnitState:
         self.context = FilterContext(
             bank_vectors=worker.bank_vectors,
             unit_identities=identities,
-            generator_space=getattr(worker.generator, "embedding_space", None),
+            generator_space=worker.generator.embedding_space if worker.generator else None,
         )
         self.rows: dict[int, list[dict[str, Any]]] = {i: [] for i in identities}
         self.rejected: list[dict[str, Any]] = []
         self.rejected_by: Counter[str] = Counter()
         self.filter_seconds = 0.0
         self.encode_seconds = 0.0
+        self.expected: Counter[int] = Counter()  # candidates of this round still to come, per identity
+        self.waiting: list[Candidate] = []  # the current identity's candidates until its group is complete
 
-    def consume(self, batch: list[Candidate]) -> None:
-        t0 = time.perf_counter()
-        apply_filters(self.worker.filters, batch, self.context)
-        t1 = time.perf_counter()
+    def expect(self, jobs: Sequence[tuple[int, int]]) -> None:
+        """Start a round whose candidates will arrive in the order of ``jobs`` ((identity, attempt))."""
+        self.expected = Counter(i for i, _ in jobs)
+
+    def consume(self, batch: Sequence[Candidate]) -> None:
+        """Take candidates in job order, however they were batched; filter each identity's round group.
+
+        The filters see all of one identity's candidates of one round at once, in attempt order,
+        identities in order: every decision and score depends on the recipe and on the identity's
+        history only, never on the generator's batch size.
+        """
         for c in batch:
+            if self.waiting and self.waiting[0].identity != c.identity:
+                raise RuntimeError(
+                    f"identity {c.identity} arrived before identity {self.waiting[0].identity} was complete"
+                )
+            self.waiting.append(c)
+            self.expected[c.identity] -= 1
+            if self.expected[c.identity] == 0:
+                group, self.waiting = self.waiting, []
+                self._filter(group)
+
+    def _filter(self, group: list[Candidate]) -> None:
+        t0 = time.perf_counter()
+        apply_filters(self.worker.filters, group, self.context)
+        t1 = time.perf_counter()
+        for c in group:
             if c.accepted:
                 self.rows[c.identity].append(self.worker.row(c))
             else:
@@ -250,6 +270,7 @@ class UnitRun:
             n = max(0, min(self.target - len(self.state.rows[i]), self.budget - self.attempts[i]))
             jobs.extend((i, self.attempts[i] + k) for k in range(n))
             self.attempts[i] += n
+        self.state.expect(jobs)
         return jobs
 
     def _report(self, on_round: Callable[[int, int], None] | None) -> None:
@@ -395,8 +416,6 @@ def write_unit(
 
     ``record`` holds one row per identity; ``started`` is the ``perf_counter`` time the unit began.
     """
-    from datasets import Features, Sequence, Value
-
     stem = layout.unit_stem(worker.out, unit)
     row_group_bytes = int(worker.recipe.writer.row_group_mb * (1 << 20))
     with ParquetShardWriter(stem.with_suffix(".parquet"), worker.features, row_group_bytes) as writer:
@@ -406,19 +425,11 @@ def write_unit(
     write_table(stem.with_suffix(".rejected.parquet"), state.rejected, worker.rejected_features)
 
     unit_centroids = centroids(state.context, kept)
-    columns: dict[str, Any] = {
-        "identity": Value("int64"),
-        "name": Value("string"),
-        "images_kept": Value("int32"),
-        "attempts": Value("int32"),
-        "drop_reason": Value("string"),
-    }
-    columns.update({f"centroid_{name}": Sequence(Value("float32")) for name in unit_centroids})
     for row in record:
         for name, per_identity in unit_centroids.items():
             vector = per_identity.get(row["identity"])
-            row[f"centroid_{name}"] = None if vector is None else vector.tolist()
-    write_table(stem.with_suffix(".identities.parquet"), record, Features(columns))
+            row[f"{CENTROID_PREFIX}{name}"] = None if vector is None else vector.tolist()
+    write_table(stem.with_suffix(".identities.parquet"), record, unit_identity_features(unit_centroids))
     result = UnitResult(
         unit=unit,
         rows=sum(len(state.rows[i]) for i in kept),

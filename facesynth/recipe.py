@@ -8,8 +8,6 @@ by the component's own ``Options`` model, found through the registries.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +16,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from facesynth.errors import RecipeError, UserInputError
 from facesynth.registry import Registry, StrictOptions, did_you_mean
-
-# Keys that change how a run is executed but not the rows it produces: a resumed run may change them.
-EXECUTION_KEYS = (("output", "dir"), ("executor",), ("generator", "batch_size"), ("generator", "device"))
 
 
 class ComponentSpec(StrictOptions):
@@ -131,15 +126,13 @@ class Recipe(StrictOptions):
         return self.model_dump(mode="json", exclude_none=False)
 
     def content_hash(self) -> str:
-        """Hash of everything that determines the rows (not where or how fast they are made)."""
-        data = self.to_dict()
-        for path in EXECUTION_KEYS:
-            node = data
-            for key in path[:-1]:
-                node = node.get(key) or {}
-            if isinstance(node, dict):
-                node.pop(path[-1], None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of everything that determines the rows (not where or how fast they are made).
+
+        Options are default-filled and local files enter by content: see ``facesynth.fingerprint``.
+        """
+        from facesynth.fingerprint import recipe_hash
+
+        return recipe_hash(self)
 
 
 VariationOptions.model_rebuild()

@@ -24,12 +24,13 @@ from facesynth.finalize import finalize, is_finalized
 from facesynth.interfaces import Candidate
 from facesynth.pipeline import UnitPlan, UnitState, Worker, write_unit
 from facesynth.recipe import Recipe, load_recipe
-from facesynth.runner import clean_partial_files, read_run
+from facesynth.runner import clean_partial_files, clear_output, read_run
 
-BATCH = 16
+BATCH = 16  # candidates handed to the filter stage at once; the filters' groups do not depend on it
 
 
 def _groups(source: Path) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """(identity name, [(image name, image or ``Unreadable``)]) of the input, one identity at a time."""
     from facesynth.filters.sources import iter_source
 
     return iter_source(source)
@@ -41,8 +42,14 @@ def _chunks(iterable: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _filter_unit(
-    worker: Worker, unit: int, groups: list[tuple[str, list[tuple[str, Any]]]], minimum: int
+    worker: Worker,
+    unit: int,
+    groups: list[tuple[str, list[tuple[str, Any]]]],
+    minimum: int,
+    batch_size: int = BATCH,
 ) -> int:
+    from facesynth.filters.sources import Unreadable
+
     started = time.perf_counter()
     start = unit * worker.plan.identities_per_unit
     identities = range(start, start + len(groups))
@@ -50,20 +57,22 @@ def _filter_unit(
     candidates = []
     for offset, (identity_name, images) in enumerate(groups):
         for index, (image_name, image) in enumerate(images):
+            unreadable = image.reason if isinstance(image, Unreadable) else None
             candidate = Candidate(
                 identity=start + offset,
                 attempt=index,
                 seed=-1,
                 vector=np.zeros(0, np.float32),
                 variation_cosine=math.nan,
-                image=image,
+                image=None if unreadable else image,
                 source=f"{identity_name}/{image_name}",
             )
-            if image is None:
-                candidate.reject("input", "unreadable image")
+            if unreadable:
+                candidate.reject("input", f"unreadable image: {unreadable}")
             candidates.append(candidate)
-    for batch_start in range(0, len(candidates), BATCH):
-        state.consume(candidates[batch_start : batch_start + BATCH])
+    state.expect([(c.identity, c.attempt) for c in candidates])
+    for batch_start in range(0, len(candidates), batch_size):
+        state.consume(candidates[batch_start : batch_start + batch_size])
     kept = [i for i in identities if len(state.rows[i]) >= minimum]
     is_kept = set(kept)
     record = [
@@ -89,8 +98,13 @@ def filter_dataset(
     overrides: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    batch_size: int = BATCH,
 ) -> dict[str, Any]:
-    """Filter ``source`` with the recipe's filters into a facesynth dataset at ``out``; returns stats."""
+    """Filter ``source`` with the recipe's filters into a facesynth dataset at ``out``; returns stats.
+
+    ``overwrite`` replaces an output made from another recipe or input (finished or not).
+    ``batch_size`` only sets how many candidates are handed to the filter stage at once.
+    """
     from facesynth.filters import load_filter
 
     source, out = Path(source), Path(out).resolve()
@@ -101,13 +115,20 @@ def filter_dataset(
         raise UserInputError("the recipe has no filters: nothing to do")
     recipe_hash = recipe.content_hash()
     out.mkdir(parents=True, exist_ok=True)
+    if out == source.resolve() or out in source.resolve().parents:
+        raise UserInputError(f"--out {out} holds the input {source}; choose another --out")
     run = read_run(out)
-    if run is not None and run["recipe_hash"] != recipe_hash and not overwrite:
-        raise UserInputError(
-            f"{out} holds a run of a different recipe; pass --overwrite or choose another --out"
-        )
+    if run is not None and (run["recipe_hash"] != recipe_hash or run.get("source") != str(source)):
+        if not overwrite:
+            raise UserInputError(
+                f"{out} holds a run of a different recipe or input; pass --overwrite or choose another --out"
+            )
+        clear_output(out)  # its units and dataset were made by the other recipe: none of it is reused
+        run = None
     if run is None and any(out.iterdir()):
-        raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
+        if not overwrite:
+            raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
+        clear_output(out)
     if run is not None and is_finalized(out):
         return finalize(out)
     per_unit = recipe.output.identities_per_unit or 1000
@@ -132,7 +153,7 @@ def filter_dataset(
         for unit, groups in enumerate(_chunks(_groups(source), per_unit)):
             units, identities = unit + 1, identities + len(groups)
             if not layout.unit_done_marker(out, unit).exists():
-                bar.update(_filter_unit(worker, unit, groups, minimum or 1))
+                bar.update(_filter_unit(worker, unit, groups, minimum or 1, batch_size))
     if units == 0:
         raise UserInputError(f"no identities found in {source}")
     layout.atomic_write_json(out / layout.RUN, {**run, "num_units": units, "num_identities": identities})

@@ -73,12 +73,12 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool =
                 f"{out} holds a run of a different recipe (hash {run['recipe_hash']}, this one "
                 f"{recipe_hash}); pass --overwrite to replace it, or choose another --out"
             )
-        _clear(out)
+        clear_output(out)
         run = None
     elif run is None and entries and not _being_prepared(out, entries, recipe_hash):
         if not overwrite:
             raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
-        _clear(out)
+        clear_output(out)
     if run is not None:
         return run
 
@@ -123,7 +123,8 @@ def _being_prepared(out: Path, entries: set[str], recipe_hash: str) -> bool:
         return False
 
 
-def _clear(out: Path) -> None:
+def clear_output(out: Path) -> None:
+    """Remove everything in ``out`` (a run of another recipe, replaced with ``--overwrite``)."""
     for child in out.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
@@ -214,14 +215,17 @@ def pending_units(out: Path, units: Iterable[int] | None = None) -> list[int]:
 
 
 def clean_partial_files(out: Path, units: Iterable[int] | None = None) -> None:
-    """Remove temporary files left by a killed process; they were never visible under final names.
+    """Remove temporary files left by killed processes; they were never visible under final names.
 
-    With ``units``, only those units' files: other workers may be writing theirs right now.
+    A file of a process still running on this host stays. With ``units``, only those units' files,
+    and not those of other hosts: other workers may be writing theirs right now (finalize removes
+    whatever is left with ``units/``).
     """
     patterns = [".*.tmp-*"] if units is None else [f".unit-{u:05d}.*.tmp-*" for u in units]
     for pattern in patterns:
         for tmp in (Path(out) / layout.UNITS).glob(pattern):
-            tmp.unlink(missing_ok=True)
+            if not layout.written_by_live_process(tmp, other_hosts_alive=units is not None):
+                tmp.unlink(missing_ok=True)
 
 
 def unit_failed_marker(out: Path, unit: int) -> Path:

@@ -1,8 +1,8 @@
 """Parquet shards in the Hugging Face layout.
 
-The columns are declared once, as ``datasets.Features``; the parquet schema (with the
-``huggingface`` metadata key that makes ``load_dataset`` return ``Image`` objects) and the dataset
-card's YAML are derived from that one declaration. Images arrive already encoded and are stored
+The columns are declared once, as ``datasets.Features``, in ``facesynth.schema``; the writer
+derives the parquet schema (with the ``huggingface`` metadata key that makes ``load_dataset``
+return ``Image`` objects) from the Features it is given. Images arrive already encoded and are stored
 uncompressed with PLAIN encoding; every other column is snappy-compressed.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features, Image, Value
+from datasets import Features, Image
 from PIL import Image as PILImage
 
 from facesynth.errors import FacesynthError
@@ -25,34 +25,6 @@ from facesynth.layout import temporary_name
 
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-
-
-def dataset_features(score_columns: Sequence[str]) -> Features:
-    """The dataset's columns: the image, its labels, what regenerates it, and every filter score."""
-    columns: dict[str, Any] = {
-        "image": Image(),
-        "label": Value("int32"),
-        "identity": Value("int64"),
-        "attempt": Value("int32"),
-        "seed": Value("int64"),
-        "prompt": Value("string"),
-        "variation_cosine": Value("float32"),
-    }
-    columns.update({name: Value("float32") for name in score_columns})
-    return Features(columns)
-
-
-def rejected_features(score_columns: Sequence[str]) -> Features:
-    """The side table of rejected images: who rejected them, why, and their scores so far."""
-    columns: dict[str, Any] = {
-        "identity": Value("int64"),
-        "attempt": Value("int32"),
-        "seed": Value("int64"),
-        "rejected_by": Value("string"),
-        "reason": Value("string"),
-    }
-    columns.update({name: Value("float32") for name in score_columns})
-    return Features(columns)
 
 
 def encode_image(image: PILImage.Image, image_format: str, quality: int) -> bytes:

@@ -25,6 +25,7 @@ DETECTORS: Registry[Detector] = Registry(
     {
         "dlib": "facesynth.filters.dlib_detector:DlibDetector",
         "scrfd": "facesynth.filters.scrfd:SCRFDDetector",
+        "insightface": "facesynth.filters.insightface_detector:InsightFaceDetector",
     },
 )
 

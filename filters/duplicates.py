@@ -28,7 +28,7 @@ class DuplicatesFilter(EmbeddingFilter):
         self.max_cosine = threshold(self.name, self.embedder, self.options.max_cosine)
 
     def __call__(self, batch: Sequence[Candidate], context: FilterContext) -> None:
-        key = self.embedder.name
+        key = self.embedder.space
         kept: dict[int, list[np.ndarray]] = {}
         for c in self.embeddings(batch):
             if c.identity not in kept:

@@ -17,6 +17,7 @@ from facesynth.interfaces import Candidate, Embedder, FilterContext
 # raw vectors of norm ~1.45, i.e. cosine ~0.915 once L2-normalised): same person above, others below.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "arcface-onnx": {"identity": 0.6, "separation": 0.4, "leakage": 0.3, "duplicates": 0.9},
+    "insightface": {"identity": 0.6, "separation": 0.4, "leakage": 0.3, "duplicates": 0.9},
     "dlib": {"identity": 0.92, "separation": 0.9, "leakage": 0.9, "duplicates": 0.99},
 }
 
@@ -39,13 +40,14 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def embed_candidates(embedder: Embedder, batch: Sequence[Candidate], filter_name: str) -> list[Candidate]:
-    """Make sure every accepted candidate has ``embeddings[embedder.name]``; return those that do.
+    """Make sure every accepted candidate has ``embeddings[embedder.space]``; return those that do.
 
-    Embeddings are computed once per candidate and embedder, whichever filter asks first; a
+    Embeddings are computed once per candidate and space, whichever filter asks first; a
     candidate with a ``face`` (from the face filter) is embedded on that face, otherwise the
     embedder detects the largest face itself, and a candidate with none is rejected.
     """
-    todo = [c for c in batch if c.accepted and embedder.name not in c.embeddings]
+    space = embedder.space
+    todo = [c for c in batch if c.accepted and space not in c.embeddings]
     with_face = [c for c in todo if c.face is not None and c.image is not None]
     without = [c for c in todo if c.face is None]
     for c in todo:
@@ -54,7 +56,7 @@ def embed_candidates(embedder: Embedder, batch: Sequence[Candidate], filter_name
     if with_face:
         vectors = embedder.embed_faces([to_rgb(c.image) for c in with_face], [c.face for c in with_face])
         for c, v in zip(with_face, vectors, strict=True):
-            c.embeddings[embedder.name] = v
+            c.embeddings[space] = v
     without = [c for c in without if c.accepted]
     if without:
         vectors = embedder.embed_images([to_rgb(c.image) for c in without])
@@ -62,21 +64,25 @@ def embed_candidates(embedder: Embedder, batch: Sequence[Candidate], filter_name
             if np.isnan(v).any():
                 c.reject(filter_name, "no face")
             else:
-                c.embeddings[embedder.name] = v
-    return [c for c in batch if c.accepted and embedder.name in c.embeddings]
+                c.embeddings[space] = v
+    return [c for c in batch if c.accepted and space in c.embeddings]
 
 
-def accepted_centroid(context: FilterContext, embedder: str, identity: int) -> np.ndarray | None:
-    """Unit mean of the embeddings accepted so far for ``identity`` in this unit, or None."""
-    accepted = context.accepted_embeddings.get(embedder, {}).get(identity)
+def accepted_centroid(context: FilterContext, space: str, identity: int) -> np.ndarray | None:
+    """Unit mean of the ``space`` embeddings accepted so far for ``identity`` in this unit, or None."""
+    accepted = context.accepted_embeddings.get(space, {}).get(identity)
     if not accepted:
         return None
     return unit(np.mean(np.stack(accepted), axis=0))
 
 
 def in_generator_space(embedder: Embedder, context: FilterContext) -> bool:
-    """True when the bank vectors live in this embedder's space (compare to them directly)."""
-    if context.generator_space != embedder.name or context.bank_vectors is None:
+    """True when the bank vectors live in this embedder's space (compare to them directly).
+
+    Spaces are compared by model-file hash: an ArcFace of other weights (buffalo_l's w600k_r50
+    against Arc2Face's arcface.onnx) is a different space even with the same embedder name.
+    """
+    if context.generator_space != embedder.space or context.bank_vectors is None:
         return False
     return context.bank_vectors.ndim == 2 and context.bank_vectors.shape[1] == embedder.dim
 

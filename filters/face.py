@@ -42,8 +42,8 @@ class FaceFilter:
         o = self.options
         try:
             rgb = to_rgb(image)
-        except Exception:
-            return None, 0, "unreadable image"
+        except Exception as exc:  # e.g. a lazily decoded file that turns out truncated
+            return None, 0, f"unreadable image: {exc.__class__.__name__}: {' '.join(str(exc).split())}"
         faces = self.detector.detect(rgb)
         if o.min_score is not None:
             faces = [f for f in faces if f.score >= o.min_score]

@@ -24,9 +24,10 @@ class IdentityFilter(EmbeddingFilter):
 
     The target is the bank vector when the embedder is the space the generator is conditioned in
     (e.g. ``arcface-onnx`` for Arc2Face); otherwise the running centroid of the identity's images
-    accepted so far. For an identity with no accepted image yet, the batch's medoid (the image
-    closest on average to the others of its identity in the batch) is the provisional target, so
-    one odd first image cannot define the identity.
+    accepted so far. For an identity with no accepted image yet, the medoid of its candidates in
+    the batch (the image closest on average to the others) is the provisional target, so one odd
+    first image cannot define the identity. The pipeline hands a filter all of an identity's
+    candidates of one round at once (see ``Filter``), so that set never depends on batch sizes.
     """
 
     name = "identity"
@@ -41,7 +42,7 @@ class IdentityFilter(EmbeddingFilter):
         self.min_cosine = threshold(self.name, self.embedder, self.options.min_cosine)
 
     def targets(self, candidates: list[Candidate], context: FilterContext) -> dict[int, np.ndarray]:
-        key = self.embedder.name
+        key = self.embedder.space
         by_identity: dict[int, list[np.ndarray]] = defaultdict(list)
         for c in candidates:
             by_identity[c.identity].append(c.embeddings[key])
@@ -63,7 +64,7 @@ class IdentityFilter(EmbeddingFilter):
             return
         targets = self.targets(candidates, context)
         for c in candidates:
-            cosine = float(c.embeddings[self.embedder.name] @ targets[c.identity])
+            cosine = float(c.embeddings[self.embedder.space] @ targets[c.identity])
             c.scores["identity_cosine"] = cosine
             if cosine < self.min_cosine:
                 c.reject(self.name, f"identity cosine {cosine:.2f} < {self.min_cosine:g}")

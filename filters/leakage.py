@@ -44,7 +44,7 @@ class LeakageFilter(EmbeddingFilter):
         candidates = self.embeddings(batch)
         if not candidates:
             return
-        queries = np.stack([c.embeddings[self.embedder.name] for c in candidates])
+        queries = np.stack([c.embeddings[self.embedder.space] for c in candidates])
         max_cos, argmax = self.gallery.max_cosine(queries)
         for c, cosine, row in zip(candidates, np.asarray(max_cos), np.asarray(argmax), strict=True):
             c.scores["leakage_cosine"] = float(cosine)

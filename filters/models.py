@@ -7,6 +7,7 @@ so models are cached here by their options and shared.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -43,6 +44,27 @@ def import_dlib() -> Any:
     return dlib
 
 
+INSIGHTFACE_INSTALL_HINT = (
+    "insightface is not installed; install it with: pip install 'facesynth[insightface]' (or, to keep "
+    "opencv-python-headless the only OpenCV: pip install --no-deps 'insightface>=2')"
+)
+
+
+def insightface_model(path: str, device: str = "auto") -> Any:
+    """insightface's own model object for an ONNX file (``insightface.model_zoo.get_model``)."""
+    try:
+        from insightface.model_zoo import get_model
+    except ImportError:
+        raise ModelNotFoundError(INSIGHTFACE_INSTALL_HINT) from None
+    try:
+        model = get_model(path, providers=onnx_providers(device))
+    except Exception as exc:  # onnxruntime and onnx raise several unrelated types for a bad file
+        raise UserInputError(f"insightface cannot load {path}: {str(exc).splitlines()[0]}") from None
+    if model is None:
+        raise UserInputError(f"insightface does not recognise {path} as a model it knows")
+    return model
+
+
 @functools.cache
 def dlib_model(kind: str) -> Any:
     """One shared instance per process of a dlib model: hog, cnn, shape5 or resnet."""
@@ -56,6 +78,33 @@ def dlib_model(kind: str) -> Any:
     if kind == "resnet":
         return dlib.face_recognition_model_v1(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
     raise ValueError(f"unknown dlib model {kind!r}")
+
+
+@functools.cache
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, computed once per process (keyed by path, size and modification time)."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    return _sha256_of(real, stat.st_size, stat.st_mtime_ns)
+
+
+def embedding_space(family: str, *model_files: str | Path) -> str:
+    """The id of the vector space an embedder maps faces into: ``"<family>:<sha256>"``.
+
+    The hash is the model file's SHA-256 (of the files' hashes when there are several), so two
+    embedders share cached vectors and generator-space checks only when they run the same weights.
+    """
+    digests = [file_sha256(f) for f in model_files]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
+    return f"{family}:{digest}"
 
 
 def split_spec(spec: ComponentSpec) -> tuple[str, dict[str, Any]]:
@@ -147,12 +196,18 @@ def resolve_model_file(model: str, pack_files: tuple[str, ...], how_to_get: str)
     parts = model.split("/")
     if len(parts) == 3 and not model.startswith((".", "/", "~")):
         repo_id, filename = "/".join(parts[:2]), parts[2]
-        try:
-            from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
+        try:
             return hf_hub_download(repo_id, filename, local_files_only=True)
-        except Exception:
+        except LocalEntryNotFoundError:
             raise ModelNotFoundError(
                 f"model file {model} is not in the Hugging Face cache; run: hf download {repo_id} {filename}"
+            ) from None
+        except Exception as exc:  # e.g. an invalid repo id, an unreadable cache: say which
+            raise ModelNotFoundError(
+                f"cannot get model file {model} from the Hugging Face cache: {exc.__class__.__name__}: "
+                f"{' '.join(str(exc).split())[:200]}"
             ) from None
     raise ModelNotFoundError(f"model file {path} not found; {how_to_get}")

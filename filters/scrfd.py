@@ -30,17 +30,21 @@ HOW_TO_GET = (
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    """Indices kept by greedy non-maximum suppression, best score first."""
+    """Indices kept by greedy non-maximum suppression, best score first (ties: earlier first).
+
+    Widths and heights count pixels inclusively (``x1 - x0 + 1``), as insightface's SCRFD does,
+    so run it on boxes in image pixels.
+    """
     x0, y0, x1, y1 = boxes.T
-    areas = (x1 - x0) * (y1 - y0)
-    order = np.argsort(-scores)
+    areas = (x1 - x0 + 1) * (y1 - y0 + 1)
+    order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(int(i))
-        w = np.clip(np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]), 0, None)
-        h = np.clip(np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]), 0, None)
-        overlap = w * h / np.maximum(areas[i] + areas[rest] - w * h, 1e-9)
+        w = np.maximum(0.0, np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]) + 1)
+        overlap = w * h / (areas[i] + areas[rest] - w * h)
         order = rest[overlap <= iou]
     return keep
 
@@ -105,21 +109,24 @@ class SCRFDDetector:
             image, border, border, border, border, cv2.BORDER_CONSTANT, value=(0, 0, 0)
         )
         height, width = self.input_hw
-        # Letterbox: keep the aspect ratio, paste at the top-left of a black network input.
-        scale = min(height / padded.shape[0], width / padded.shape[1])
-        resized = cv2.resize(padded, (round(padded.shape[1] * scale), round(padded.shape[0] * scale)))
+        # Letterbox as insightface does: keep the aspect ratio (sizes truncated), paste at the
+        # top-left of a black network input; the scale is the one of the height.
+        if padded.shape[0] / padded.shape[1] > height / width:
+            new_height, new_width = height, int(height / (padded.shape[0] / padded.shape[1]))
+        else:
+            new_height, new_width = int(width * (padded.shape[0] / padded.shape[1])), width
+        scale = new_height / padded.shape[0]
         canvas = np.zeros((height, width, 3), dtype=np.float32)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
+        canvas[:new_height, :new_width] = cv2.resize(padded, (new_width, new_height))
         blob = ((canvas - 127.5) / 128.0).transpose(2, 0, 1)[None]
         outputs = self.session.run(None, {self.input_name: blob})
         boxes, scores, marks = decode(outputs, height, width, self.options.threshold)
-        faces = []
-        for i in nms(boxes, scores, self.options.nms_iou):
-            faces.append(
-                Face(
-                    box=(boxes[i] / scale - border).astype(np.float32),
-                    landmarks=(marks[i] / scale - border).astype(np.float32),
-                    score=float(scores[i]),
-                )
+        boxes, marks = boxes / scale, marks / scale  # padded-image pixels, where NMS counts pixels
+        return [
+            Face(
+                box=(boxes[i] - border).astype(np.float32),
+                landmarks=(marks[i] - border).astype(np.float32),
+                score=float(scores[i]),
             )
-        return faces
+            for i in nms(boxes, scores, self.options.nms_iou)
+        ]

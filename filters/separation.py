@@ -67,7 +67,7 @@ class SeparationFilter(EmbeddingFilter):
         self.max_cosine = threshold(self.name, self.embedder, self.options.max_cosine)
 
     def __call__(self, batch: Sequence[Candidate], context: FilterContext) -> None:
-        key = self.embedder.name
+        key = self.embedder.space
         candidates = self.embeddings(batch)
         if not candidates:
             return
@@ -104,7 +104,10 @@ class SeparationFilter(EmbeddingFilter):
                 )
 
     def dataset_pass(self, identities: np.ndarray, centroids: dict[str, np.ndarray]) -> dict[int, str]:
-        """Identities to drop because their centroid collides with an earlier kept identity."""
-        if not self.options.dataset_pass or self.embedder.name not in centroids or len(identities) < 2:
+        """Identities to drop because their centroid collides with an earlier kept identity.
+
+        ``centroids`` maps an embedding space (``Embedder.space``) to [K, D] centroids."""
+        space = self.embedder.space
+        if not self.options.dataset_pass or space not in centroids or len(identities) < 2:
             return {}
-        return colliding_identities(np.asarray(identities), centroids[self.embedder.name], self.max_cosine)
+        return colliding_identities(np.asarray(identities), centroids[space], self.max_cosine)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,6 +49,8 @@ ID_TOKEN = "id"
 LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
 SchedulerName = Literal["dpm++", "ddim", "euler", "lcm"]
+
+log = logging.getLogger(__name__)
 
 
 class Arc2FaceOptions(StrictOptions):
@@ -187,6 +190,22 @@ def initial_latents(
     return latents, generators
 
 
+def arc2face_space(model_dir: Path) -> str | None:
+    """The space of the ``arcface.onnx`` shipped in an Arc2Face folder (None, with a warning, without it)."""
+    from facesynth.filters.models import embedding_space
+
+    path = model_dir / "arcface.onnx"
+    if not path.is_file():
+        log.warning(
+            "%s has no arcface.onnx, so no filter can compare images with the identity vectors themselves "
+            "(identity and separation use centroids); to enable it run: hf download FoivosPar/Arc2Face "
+            "arcface.onnx (or put the file in that folder)",
+            model_dir,
+        )
+        return None
+    return embedding_space("arcface-onnx", path)
+
+
 class Arc2FaceGenerator:
     """Arc2Face as published: ``FoivosPar/Arc2Face`` on top of Stable Diffusion 1.5's VAE."""
 
@@ -194,13 +213,15 @@ class Arc2FaceGenerator:
     name = "arc2face"
     dim = 512
     uses_prompts = False
+    # The identity vectors live in the space of Arc2Face's ArcFace (arcface.onnx): filters whose
+    # embedder loads that same file compare images with the bank vector itself.
+    embedding_space: str | None = None
     # The identity vectors live in the space of Arc2Face's ArcFace (arcface.onnx): filters using that
     # embedder compare images with the bank vector itself.
-    embedding_space: str | None = "arcface-onnx"
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
     score_columns: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, options: Arc2FaceOptions) -> None:
+    def __init__(self, options: Arc2FaceOptions, *, space_from_weights: bool = True) -> None:
         from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -219,6 +240,8 @@ class Arc2FaceGenerator:
         self.base_dir = resolve_checkpoint(
             options.base_model, options.base_revision, SD15_VAE_LAYOUT, "generator.base_model"
         )
+        if space_from_weights:
+            self.embedding_space = arc2face_space(self.model_dir)
         load = {"torch_dtype": self.dtype}
         unet = UNet2DConditionModel.from_pretrained(self.model_dir, subfolder="arc2face", **load)
         text_encoder = CLIPTextModel.from_pretrained(self.model_dir, subfolder="encoder", dtype=self.dtype)

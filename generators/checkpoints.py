@@ -49,8 +49,9 @@ SD15_VAE_LAYOUT = Layout(
         ("model_index.json",),
         ("vae/config.json",),
         _weights("vae", "diffusion_pytorch_model"),
-        ("tokenizer/vocab.json",),
-        ("tokenizer/merges.txt",),
+        # the slow CLIP tokenizer's files, or the tokenizer.json alone that transformers 5 saves
+        ("tokenizer/vocab.json", "tokenizer/tokenizer.json"),
+        ("tokenizer/merges.txt", "tokenizer/tokenizer.json"),
         ("scheduler/scheduler_config.json",),
     ),
     download=(

@@ -37,6 +37,7 @@ from facesynth.generators.checkpoints import (
     single_file_layout,
     snapshot_commit,
 )
+from facesynth.identity.arcface_onnx import BUFFALO_L_SPACE
 from facesynth.registry import StrictOptions
 
 DEFAULT_PROMPT = "a photo of a person, face, natural light, high quality"
@@ -109,7 +110,8 @@ class IPAdapterFaceIDGenerator:
 
     Options = IPAdapterFaceIDOptions
     name = "ipadapter-faceid"
-    embedding_space: str | None = "arcface-onnx"  # insightface ArcFace (buffalo_l / antelopev2)
+    # Trained on insightface buffalo_l embeddings: the space of its w600k_r50.onnx.
+    embedding_space: str | None = BUFFALO_L_SPACE
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
     score_columns: ClassVar[tuple[str, ...]] = ()
     dim = 512

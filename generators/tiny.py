@@ -335,7 +335,7 @@ class TinyGenerator:
     name = "tiny"
     dim = 512
     uses_prompts = False
-    embedding_space: str | None = None  # random weights: no face-embedding space
+    embedding_space: str | None = None  # its own space, no embedder's: set from the weights' hash
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
     score_columns: ClassVar[tuple[str, ...]] = ()
 
@@ -354,8 +354,10 @@ class TinyGenerator:
                 device=options.device,
                 dtype=options.dtype,
                 batch_invariant=options.batch_invariant,
-            )
+            ),
+            space_from_weights=False,
         )
+        self.embedding_space = f"tiny:{tiny_config_hash()}"
         self.batch_size = options.batch_size
 
     def describe(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ EMBEDDERS: Registry[Embedder] = Registry(
     {
         "arcface-onnx": "facesynth.identity.arcface_onnx:ArcFaceONNXEmbedder",
         "dlib": "facesynth.identity.dlib_embedder:DlibEmbedder",
+        "insightface": "facesynth.identity.insightface_embedder:InsightFaceEmbedder",
     },
 )
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from facesynth import layout
 from facesynth.errors import UserInputError
 from facesynth.identity import SAMPLERS
 from facesynth.identity.gallery import Gallery
@@ -150,9 +151,14 @@ class IdentityBank:
             "sha256": self.sha256(),
             "provenance": json.dumps(self.provenance, default=str),
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"vectors": self.vectors}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        tmp = layout.temporary_name(path)  # unique per host and process: Slurm tasks share the folder
+        try:
+            save_file({"vectors": self.vectors}, str(tmp), metadata=metadata)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> IdentityBank:
@@ -189,6 +195,7 @@ class GreedyResult:
     rejected_near_identity: int
     rejected_gallery: int
     gallery_screened_max: np.ndarray | None = None  # per kept vector, screened (not exact)
+    indices: np.ndarray | None = None  # per kept vector, its position in the candidate stream
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -320,6 +327,7 @@ def select_separated(
     far = max_gallery_cosine - SAFETY  # reject iff some exact gallery cosine is >= far
     kept: KeptVectors | None = None
     gallery_max = np.full(count, np.nan, dtype=np.float32)
+    indices = np.full(count, -1, dtype=np.int64)
     drawn = rejected_near = rejected_gallery = 0
     bar = tqdm(total=count, unit="id", disable=not progress, desc="identities")
     n_kept, accepted_share = 0, 1.0
@@ -357,6 +365,7 @@ def select_separated(
         accepted = alive[keep][: count - n_kept]
         accepted_share = max(len(accepted), 1) / len(x)
         used = len(x) if n_kept + len(accepted) < count else int(accepted[-1]) + 1
+        indices[n_kept : n_kept + len(accepted)] = drawn + accepted
         drawn += used
         rejected_near += int((reason[:used] == 1).sum())
         rejected_gallery += int((reason[:used] == 2).sum())
@@ -385,6 +394,7 @@ def select_separated(
         rejected_near,
         rejected_gallery,
         gallery_max if gallery is not None else None,
+        indices,
     )
 
 
@@ -451,8 +461,8 @@ def build_bank(options: BankOptions, seed: int, progress: bool = True) -> Identi
         "rejected_near_gallery": result.rejected_gallery,
         "block_size": options.block_size,
     }
-    if isinstance(getattr(sampler, "names", None), list):
-        provenance["identity_names"] = sampler.names[: options.count]  # type: ignore[attr-defined]
+    if sampler.names is not None:  # the names of the candidates kept, not of the first ones drawn
+        provenance["identity_names"] = [sampler.names[int(i)] for i in result.indices]
     if options.spread is not None:
         vectors, provenance["spread"] = _spread(vectors, options, gallery)
     provenance["stats"] = _bank_stats(vectors, gallery, options.device)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from facesynth.filters.align import main_face, to_rgb
-from facesynth.filters.models import dlib_model, get_detector, import_dlib
+from facesynth.filters.models import dlib_model, dlib_model_path, embedding_space, get_detector, import_dlib
 from facesynth.interfaces import Face
 from facesynth.registry import StrictOptions
 
@@ -23,6 +23,8 @@ class DlibEmbedder:
 
     name = "dlib"
     dim = 128
+    # The files that decide the vectors (landmarks for the chip, then the network): the space's hash.
+    MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 
     class Options(StrictOptions):
         detector: str | dict[str, Any] = "dlib"  # used by embed_images to find the face
@@ -34,6 +36,7 @@ class DlibEmbedder:
         self.dlib = import_dlib()
         self.shape = dlib_model("shape5")
         self.net = dlib_model("resnet")
+        self.space = embedding_space(self.name, *(dlib_model_path(f) for f in self.MODEL_FILES))
 
     def chip(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The 150x150 chip dlib's network expects, for ``face`` in an RGB ``image``."""

@@ -7,7 +7,6 @@ with the bfloat16 screen of ``facesynth.identity.separation`` and re-checking in
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,13 @@ import numpy as np
 import torch
 
 from facesynth.errors import UserInputError
+from facesynth.filters.models import file_sha256
 from facesynth.identity.separation import (
     Screen,
     WindowMax,
     check_vectors,
     exact_cosine,
+    fp32_accumulation,
     resolve_device,
     row_norms64,
     screen_against,
@@ -97,14 +98,6 @@ def _load_parquet(path: Path, what: str, column: str | None) -> np.ndarray:
     return values.reshape(len(lengths), int(lengths[0]))
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Gallery:
     """Real-identity vectors read from a file; ``max_cosine`` gives exact nearest-gallery cosines.
 
@@ -162,6 +155,7 @@ class Gallery:
         norms = row_norms64(queries, "gallery queries")
         return queries, norms, Screen.of(queries, norms, self.device)
 
+    @fp32_accumulation()
     def max_cosine(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact (float64) largest cosine of each query to the gallery, and the gallery row reaching it."""
         queries, norms, screen = self._queries(queries)

@@ -27,6 +27,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 class SphereSampler:
     """Uniform random unit vectors (IDiff-Face's synthetic identities)."""
 
+    names: list[str] | None = None  # anonymous candidates
+
     class Options(StrictOptions):
         dim: int = Field(512, ge=2, description="vector dimension (512 for ArcFace-conditioned generators)")
 
@@ -45,6 +47,8 @@ class GaussianSampler:
     With ``normalize: false`` the vectors keep the scale of the reference (Vec2Face samples
     un-normalised vectors); separation is always measured by cosine.
     """
+
+    names: list[str] | None = None  # anonymous candidates
 
     class Options(StrictOptions):
         reference: Path = Field(description="embeddings to fit: .npy, .safetensors or .parquet [N, D]")
@@ -113,6 +117,8 @@ class GaussianSampler:
 
 class FileSampler:
     """Candidates read in order from a file of vectors (.npy, .safetensors or .parquet)."""
+
+    names: list[str] | None = None  # anonymous candidates
 
     class Options(StrictOptions):
         path: Path = Field(description="file of vectors [N, D]")

@@ -9,10 +9,13 @@ The screen's error bound: with unit rows ``x``, ``y`` rounded to bfloat16 as ``x
 ``|(x + dx).(y + dy) - x.y| <= |dx| + |dy| + |dx||dy|`` (Cauchy-Schwarz), plus float32 accumulation
 (``<= (D + 2) 2^-24`` for unit rows) and the final rounding of the product to bfloat16
 (relative ``2^-8``). ``|dx|`` is measured for every row, so the bound is tight (about 0.005).
+Float32 accumulation is enforced: every screen runs inside ``fp32_accumulation``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +35,35 @@ _EXACT_PAIRS_PER_CHUNK = 1 << 15
 STRIP = 1024
 
 ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+_accumulation_lock = threading.Lock()
+_accumulation_depth = 0
+_accumulation_saved = True
+
+
+@contextlib.contextmanager
+def fp32_accumulation() -> Iterator[None]:
+    """bfloat16 matrix products inside accumulate in float32, as the screen's error bound assumes.
+
+    On CUDA torch lets cuBLAS reduce bfloat16 products in reduced precision by default
+    (``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction``); this turns it off and
+    restores the caller's setting when the last of (possibly nested or concurrent) screens ends.
+    """
+    global _accumulation_depth, _accumulation_saved
+    matmul = torch.backends.cuda.matmul
+    with _accumulation_lock:
+        if _accumulation_depth == 0:
+            _accumulation_saved = matmul.allow_bf16_reduced_precision_reduction
+            matmul.allow_bf16_reduced_precision_reduction = False
+        _accumulation_depth += 1
+    try:
+        yield
+    finally:
+        with _accumulation_lock:
+            _accumulation_depth -= 1
+            if _accumulation_depth == 0:
+                matmul.allow_bf16_reduced_precision_reduction = _accumulation_saved
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -165,6 +197,7 @@ def _column_chunks(keys: Iterable[tuple[int, torch.Tensor]], rows: int) -> Itera
             yield offset + start, block[start : start + width]
 
 
+@fp32_accumulation()
 def screen_against(
     queries: Screen,
     keys: Iterable[tuple[int, torch.Tensor]],
@@ -212,6 +245,7 @@ def screen_against(
     return mask, best_np
 
 
+@fp32_accumulation()
 def resolve_in_order(screen: Screen, rows: np.ndarray, threshold: float, exact: ExactFn) -> np.ndarray:
     """Sequential greedy among ``rows`` (in order): keep a row unless it is above ``threshold`` to a kept one.
 
@@ -327,6 +361,7 @@ class WindowMax:
         return best, arg
 
 
+@fp32_accumulation()
 def nearest_neighbours(
     vectors: np.ndarray, device: str | torch.device = "auto", block: int = 8192
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,9 @@ task did yet (tasks may race: preparing is deterministic and atomic, so they agr
 runs the units ``u`` with ``u % task_count == task_index`` that are not done yet, and exits; it does
 not finalize. Outside Slurm it prepares the output once, writes the two batch scripts into
 ``OUT/.slurm/`` and submits them with ``sbatch`` (the finalize job waits for the array with
-``--dependency=afterok``). A task that died is rerun with ``sbatch --array=K`` on the same script.
+``--dependency=afterok``). A task that died is rerun with ``sbatch --array=K`` on the same script:
+the script exports ``FACESYNTH_SLURM_TASKS`` (the array's size), so the rerun task ``K`` runs the
+units of task ``K``, not every unit.
 """
 
 from __future__ import annotations
@@ -30,17 +32,34 @@ from facesynth.runner import clean_partial_files, pending_units, prepare, run_un
 SCRIPTS = ".slurm"
 
 
+TASKS_VARIABLE = "FACESYNTH_SLURM_TASKS"
+
+
 def array_task(environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[int, int] | None:
-    """(index, count) of this Slurm array task, from Slurm's environment; None outside an array."""
+    """(index, count) of this Slurm array task; None outside an array.
+
+    With ``FACESYNTH_SLURM_TASKS`` (set by our array script) the index is the task id and the count
+    that variable, so ``sbatch --array=K`` reruns task K alone. Without it, Slurm's own view of the
+    array: a rerun of one task of a bigger array cannot be told apart, so it is refused.
+    """
     if "SLURM_ARRAY_TASK_ID" not in environ:
         return None
     task = int(environ["SLURM_ARRAY_TASK_ID"])
-    first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
-    count = int(environ.get("SLURM_ARRAY_TASK_COUNT", 0))
+    if environ.get(TASKS_VARIABLE):
+        first, count = 0, int(environ[TASKS_VARIABLE])
+    else:
+        first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        count = int(environ.get("SLURM_ARRAY_TASK_COUNT", 0))
+        if first > 0 and count == 1:
+            raise UserInputError(
+                f"Slurm array task {task} runs alone (--array={task}): set {TASKS_VARIABLE} to the size of "
+                "the original array so it runs only its own units"
+            )
     if count < 1 or not 0 <= task - first < count:
         raise UserInputError(
             f"Slurm array task {task} is outside 0..{count - 1} (SLURM_ARRAY_TASK_MIN={first}, "
-            f"SLURM_ARRAY_TASK_COUNT={count}); submit with a contiguous --array=0-N"
+            f"SLURM_ARRAY_TASK_COUNT={count}, {TASKS_VARIABLE}={environ.get(TASKS_VARIABLE)}); "
+            "submit with a contiguous --array=0-N"
         )
     return task - first, count
 
@@ -124,6 +143,7 @@ class SlurmExecutor:
             f"#SBATCH --output={logs}/%A_%a.log",
             *common,
             f"cd {shlex.quote(os.getcwd())}",
+            f"export {TASKS_VARIABLE}={tasks}  # so that `sbatch --array=K` reruns task K's units only",
             f"exec {python} -m facesynth.cli run {shlex.quote(str(out / layout.RECIPE))} "
             f"--out {shlex.quote(str(out))}{executor} --no-progress",
         ]

@@ -16,7 +16,7 @@ from datasets import load_dataset
 from outputs import read_all
 
 import facesynth
-from facesynth import layout
+from facesynth import layout, schema
 from facesynth.cli import main
 from facesynth.writer import encode_image
 
@@ -48,6 +48,15 @@ def test_smoke_dataset_loads_with_datasets(smoke: tuple[Path, dict]) -> None:
     card = (out / "README.md").read_text()
     assert "data/train-*" in card and "Intended use" in card
     assert json.loads((out / "stats.json").read_text())["images_kept"] == len(ds)
+    # every table has the Features declared in facesynth.schema
+    from facesynth.filters.quality import QualityFilter
+
+    scores = list(QualityFilter.score_columns)
+    assert (
+        ds.features == schema.dataset_features(scores) == schema.features_of(next((out / "data").glob("*")))
+    )
+    assert schema.features_of(out / layout.IDENTITIES) == schema.IDENTITY_TABLE
+    assert schema.features_of(out / layout.REJECTED) == schema.rejected_features(scores)
     assert not (out / layout.UNITS).exists()
 
 
@@ -69,7 +78,9 @@ def test_rerun_on_finished_output_is_a_no_op_and_other_recipe_is_refused(
     assert main(["run", str(SMOKE), "--out", str(out), "--set", "seed=7", "--no-progress"]) == 2
     assert "different recipe" in capsys.readouterr().err
     assert main(["info", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["images_kept"] == stats["images_kept"]
+    info = json.loads(capsys.readouterr().out)
+    assert info["images_kept"] == stats["images_kept"]
+    assert info["columns"][:3] == ["image", "label", "identity"] and "quality_blur" in info["columns"]
 
 
 def _start_and_stop_after(cmd: list[str], out: Path, units_done: int, sig: int) -> subprocess.Popen:

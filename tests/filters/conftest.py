@@ -80,16 +80,6 @@ def context() -> Callable[..., FilterContext]:
     return make
 
 
-def accept_all(filters: list, batch: list[Candidate], ctx: FilterContext) -> None:
-    """What the pipeline does after the last filter: remember the accepted embeddings."""
-    for c in batch:
-        if c.accepted:
-            for name, vector in c.embeddings.items():
-                ctx.accepted_embeddings.setdefault(name, {}).setdefault(c.identity, []).append(vector)
-            for f in filters:
-                f.accept(c, ctx)
-
-
 # --- tiny ONNX models in the real input/output layouts ------------------------------------------------
 
 
@@ -146,29 +136,61 @@ def tiny_scrfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save(graph, tmp_path_factory.mktemp("scrfd") / "det_10g.onnx")
 
 
-@pytest.fixture(scope="session")
-def tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ArcFace layout: input [N, 3, 112, 112], output [N, 512]."""
-    rng = np.random.default_rng(2)
+def build_tiny_arcface(path: Path, seed: int = 2, mxnet_input: bool = False) -> Path:
+    """ArcFace layout: input [N, 3, 112, 112], output [N, 512], random weights.
+
+    ``mxnet_input``: the graph starts with the ``_minus0`` / ``_mulscalar0`` nodes MXNet exports
+    carry ((x - 127.5) * 0.0078125 inside the model), so it takes raw 0..255 pixels.
+    """
+    rng = np.random.default_rng(seed)
     inits = [
         _init(rng, "conv_w", (4, 3, 8, 8)),
         _init(rng, "fc_w", (4 * 14 * 14, 512), 0.05),
         numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
     ]
     nodes = [
-        helper.make_node("Conv", ["input.1", "conv_w"], ["c"], strides=[8, 8]),
+        helper.make_node("Conv", ["x", "conv_w"], ["c"], strides=[8, 8]),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("Reshape", ["r", "flat"], ["f"]),
         helper.make_node("MatMul", ["f", "fc_w"], ["683"]),
     ]
+    if mxnet_input:
+        inits += [
+            numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
+            numpy_helper.from_array(np.array(0.0078125, np.float32), "scale"),
+        ]
+        nodes = [
+            helper.make_node("Sub", ["data", "mean"], ["centred"], name="_minus0"),
+            helper.make_node("Mul", ["centred", "scale"], ["x"], name="_mulscalar0"),
+            *nodes,
+        ]
+    else:
+        nodes[0].input[0] = "data"
     graph = helper.make_graph(
         nodes,
         "arcface",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
         [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 512])],
         inits,
     )
-    return _save(graph, tmp_path_factory.mktemp("arcface") / "arcface.onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(graph, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_arcface(tmp_path_factory.mktemp("arcface") / "arcface.onnx")
+
+
+@pytest.fixture(scope="session")
+def other_tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another ArcFace of the same layout and file name, other weights (another space)."""
+    return build_tiny_arcface(tmp_path_factory.mktemp("arcface_b") / "arcface.onnx", seed=3)
+
+
+@pytest.fixture(scope="session")
+def mxnet_tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_arcface(tmp_path_factory.mktemp("arcface_mx") / "w600k_r50.onnx", mxnet_input=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import accept_all
+from filter_helpers import accept_all
 
 from facesynth.filters import load_filter
 from facesynth.filters.separation import colliding_identities
@@ -51,16 +54,63 @@ def test_new_identity_uses_the_batch_medoid(astronaut, astronaut_variants, lfw, 
 
 
 def test_identity_in_generator_space_compares_to_the_bank(
-    tiny_arcface, astronaut, make_batch, context
+    tiny_arcface, other_tiny_arcface, astronaut, make_batch, context
 ) -> None:
-    embedder = {"name": "arcface-onnx", "model": str(tiny_arcface)}
-    vector = load_embedder("arcface-onnx", model=str(tiny_arcface)).embed_images([astronaut])[0]
+    embedder = load_embedder("arcface-onnx", model=str(tiny_arcface))
+    assert embedder.space == f"arcface-onnx:{hashlib.sha256(tiny_arcface.read_bytes()).hexdigest()}"
+    vector = embedder.embed_images([astronaut])[0]
     bank = np.stack([vector, -vector])
-    identity = load_filter("identity", embedder=embedder)
+    identity = load_filter("identity", embedder={"name": "arcface-onnx", "model": str(tiny_arcface)})
     batch = make_batch([astronaut, astronaut], identities=[0, 1])
-    identity(batch, context(bank=bank, space="arcface-onnx"))
+    identity(batch, context(bank=bank, space=embedder.space))
     assert batch[0].accepted and batch[0].scores["identity_cosine"] == pytest.approx(1.0, abs=1e-4)
     assert batch[1].rejected_by == "identity"
+
+    # A generator conditioned in another ArcFace's space (another file, same embedder name): the
+    # bank is not this embedder's space, so each identity is judged by its own images instead.
+    other_space = load_embedder("arcface-onnx", model=str(other_tiny_arcface)).space
+    assert other_space != embedder.space
+    for space in (other_space, "arcface-onnx"):
+        batch = make_batch([astronaut, astronaut], identities=[0, 1])
+        identity(batch, context(bank=bank, space=space))
+        assert all(c.accepted for c in batch), space
+
+
+def test_two_arcface_files_do_not_share_vectors(
+    tiny_arcface, other_tiny_arcface, astronaut, make_batch, context
+) -> None:
+    first = load_filter("duplicates", embedder={"name": "arcface-onnx", "model": str(tiny_arcface)})
+    second = load_filter("duplicates", embedder={"name": "arcface-onnx", "model": str(other_tiny_arcface)})
+    batch = make_batch([astronaut])
+    ctx = context()
+    first(batch, ctx)
+    second(batch, ctx)
+    spaces = [first.embedder.space, second.embedder.space]
+    assert sorted(batch[0].embeddings) == sorted(spaces) and spaces[0] != spaces[1]
+    one, two = (batch[0].embeddings[s] for s in spaces)
+    np.testing.assert_allclose(one, first.embedder.embed_images([astronaut])[0], atol=1e-6)
+    np.testing.assert_allclose(two, second.embedder.embed_images([astronaut])[0], atol=1e-6)
+    assert float(one @ two) < 0.99  # different networks, different vectors
+
+    # The same file under another path is the same space: vectors are shared, not recomputed.
+    copy = tiny_arcface.parent.parent / "copy_of_arcface.onnx"
+    copy.write_bytes(tiny_arcface.read_bytes())
+    third = load_filter("duplicates", embedder={"name": "arcface-onnx", "model": str(copy)})
+    assert third.embedder.space == spaces[0]
+    accept_all([first, second], batch, ctx)
+    again = make_batch([astronaut])
+    third(again, ctx)
+    assert again[0].rejected_by == "duplicates"  # compared with what the first filter accepted
+
+
+def test_dlib_space_is_its_model_files_hash() -> None:
+    from facesynth.filters.models import dlib_model_path
+
+    embedder = load_embedder("dlib")
+    digests = [
+        hashlib.sha256(Path(dlib_model_path(f)).read_bytes()).hexdigest() for f in embedder.MODEL_FILES
+    ]
+    assert embedder.space == "dlib:" + hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 def test_duplicate_is_rejected(astronaut, astronaut_variants, make_batch, context) -> None:
@@ -108,7 +158,7 @@ def test_dataset_pass_drops_colliding_identities() -> None:
     centroids[3] = centroids[1] + 0.05 * rng.standard_normal(128)
     identities = np.array([10, 11, 12, 13, 14])
     separation = load_filter("separation", max_cosine=0.5)
-    dropped = separation.dataset_pass(identities, {"dlib": centroids})
+    dropped = separation.dataset_pass(identities, {separation.embedder.space: centroids})
     assert list(dropped) == [13] and "identity 11" in dropped[13]
     assert colliding_identities(identities, centroids, 0.5, block=2) == dropped
-    assert separation.dataset_pass(identities, {"other": centroids}) == {}
+    assert separation.dataset_pass(identities, {"dlib": centroids}) == {}  # keyed by space, not name

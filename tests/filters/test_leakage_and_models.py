@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import cv2
 import numpy as np
 import pytest
 
@@ -89,3 +93,50 @@ def test_tiny_arcface_embeds_through_the_real_code_path(tiny_arcface, astronaut)
     face = load_filter("face", size=224).check(astronaut)[0]
     from_224 = embedder.embed_faces([astronaut], [face])  # re-aligned to 112 from the landmarks
     assert float(from_224[0] @ vectors[0]) > 0.99
+
+
+def test_a_hub_model_file_that_cannot_be_looked_up_says_why(tmp_path, monkeypatch) -> None:
+    from facesynth.errors import ModelNotFoundError
+    from facesynth.filters.models import resolve_model_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="is not in the Hugging Face cache; run: hf download"):
+        resolve_model_file("someone/models/det.onnx", ("det.onnx",), "")
+    # not a cache miss: an invalid repo id is named as such, not reported as 'not in the cache'
+    with pytest.raises(ModelNotFoundError, match="HFValidationError"):
+        resolve_model_file("some..one/models/det.onnx", ("det.onnx",), "")
+
+
+def test_arcface_reads_its_input_normalisation_from_the_graph(
+    tiny_arcface, mxnet_tiny_arcface, astronaut
+) -> None:
+    plain = load_embedder("arcface-onnx", model=str(tiny_arcface))
+    mxnet = load_embedder("arcface-onnx", model=str(mxnet_tiny_arcface))
+    assert (plain.mean, plain.std, plain.size) == (127.5, 127.5, 112)
+    assert (mxnet.mean, mxnet.std, mxnet.size) == (0.0, 1.0, 112)  # its _minus0/_mulscalar0 nodes do it
+    # Same weights behind the graph's own (x - 127.5) / 128: the network is positively homogeneous
+    # (conv, relu, matmul, no bias), so the unit embeddings agree only if raw pixels went in.
+    crops = [cv2.resize(astronaut, (112, 112)), np.ascontiguousarray(astronaut[100:212, 200:312])]
+    np.testing.assert_allclose(mxnet.embed_aligned(crops), plain.embed_aligned(crops), atol=1e-5)
+
+
+def test_insightface_options_name_the_install_when_it_is_missing(tiny_arcface, tiny_scrfd) -> None:
+    code = (
+        "import sys; sys.modules['insightface'] = None\n"  # as if not installed
+        "from facesynth.errors import ModelNotFoundError\n"
+        "from facesynth.filters import DETECTORS\n"
+        "from facesynth.identity import load_embedder\n"
+        "for make in (lambda: load_embedder('insightface', model=sys.argv[1]),\n"
+        "             lambda: DETECTORS.create('insightface', model=sys.argv[2])):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except ModelNotFoundError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_arcface), str(tiny_scrfd)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(out) == 2 and all("pip install 'facesynth[insightface]'" in line for line in out), out

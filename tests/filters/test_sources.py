@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from facesynth.errors import UserInputError
-from facesynth.filters.sources import iter_source
+from facesynth.filters.sources import Unreadable, iter_source
 
 
 def jpeg(color: int) -> bytes:
@@ -29,7 +29,8 @@ def test_image_folder_with_an_unreadable_file(tmp_path) -> None:
     found = list(iter_source(tmp_path))
     assert [name for name, _ in found] == ["alice", "bob"]
     bob = dict(found[1][1])
-    assert set(bob) == {"0.jpg", "1.png"} and bob["1.png"] is None and bob["0.jpg"].size == (8, 8)
+    assert set(bob) == {"0.jpg", "1.png"} and bob["0.jpg"].size == (8, 8)
+    assert isinstance(bob["1.png"], Unreadable) and "cannot identify image file" in bob["1.png"].reason
 
 
 def test_parquet_dataset_groups_rows_by_label(tmp_path) -> None:
@@ -47,7 +48,7 @@ def test_parquet_dataset_groups_rows_by_label(tmp_path) -> None:
     pq.write_table(table, tmp_path / "data" / "train-00000-of-00001.parquet")
     found = dict(iter_source(tmp_path))
     assert [n for n, _ in found["3"]] == ["a.jpg", "c.jpg"]
-    assert found["7"][0][1] is None  # unreadable image: the pipeline rejects it
+    assert isinstance(found["7"][0][1], Unreadable)  # the pipeline rejects it, naming the reason
 
 
 def test_bad_inputs_are_user_errors(tmp_path) -> None:

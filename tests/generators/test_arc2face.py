@@ -215,3 +215,20 @@ def test_real_hub_layout_is_requested(monkeypatch):
             "FoivosPar/Arc2Face", "abc123", checkpoints.ARC2FACE_LAYOUT, "generator.model"
         )
     assert calls == [("FoivosPar/Arc2Face", "abc123", ("arc2face/*", "encoder/*"))]
+
+
+def test_base_folder_saved_by_transformers_5_is_accepted(tiny_dirs, arc2face, vectors, tmp_path):
+    """transformers 5 saves a tokenizer as tokenizer.json alone (no vocab.json/merges.txt); it loads."""
+    from transformers import CLIPTokenizer
+
+    model, base = tiny_dirs
+    resaved = tmp_path / "base"
+    shutil.copytree(base, resaved)
+    shutil.rmtree(resaved / "tokenizer")
+    CLIPTokenizer.from_pretrained(base / "tokenizer").save_pretrained(resaved / "tokenizer")
+    gen = load_generator(
+        "arc2face", model=str(model), base_model=str(resaved), size=64, steps=3, batch_size=8
+    )
+    expected = arc2face.generate(vectors[:2], [1, 2])
+    got = gen.generate(vectors[:2], [1, 2])
+    assert [np.asarray(i).tobytes() for i in got] == [np.asarray(i).tobytes() for i in expected]

@@ -124,3 +124,20 @@ def test_spreading_lowers_the_largest_cosine():
     assert record["applied"]
     assert record["nn_cosine_after"]["max"] < record["nn_cosine_before"]["max"] - 0.02
     assert separation_stats(bank.vectors)["nn_cosine_max"] == pytest.approx(record["nn_cosine_after"]["max"])
+
+
+def test_bank_is_written_under_a_host_unique_name_and_fsynced(tmp_path, monkeypatch):
+    """Slurm tasks on different hosts may share a pid: the temporary name carries the host too."""
+    import os
+
+    from facesynth import layout
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    path = tmp_path / "bank.safetensors"
+    IdentityBank(np.eye(4, dtype=np.float32)).save(path)
+    assert synced == [str(layout.temporary_name(path))]
+    assert [f.name for f in tmp_path.iterdir()] == ["bank.safetensors"]

@@ -86,9 +86,11 @@ def _slurm_env(task: int, count: int = 3) -> dict[str, str]:
 SLURM_ARGS = [*SETS, "--set", "executor.name=slurm", "--set", "executor.torch_threads=1", "--no-progress"]
 
 
-def _slurm_task_in_process(out: Path, task: int, monkeypatch: pytest.MonkeyPatch) -> int:
+def _slurm_task_in_process(
+    out: Path, task: int, monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None
+) -> int:
     with monkeypatch.context() as m:
-        for key, value in _slurm_env(task).items():
+        for key, value in (env or _slurm_env(task)).items():
             m.setenv(key, value)
         return main(["run", str(SMOKE), "--out", str(out), *SLURM_ARGS])
 
@@ -123,7 +125,9 @@ def test_slurm_array_racing_tasks_one_killed_mid_unit_then_rerun_and_finalize(
     with pytest.raises(UserInputError, match="not finalized"):
         upload_plan(out)
 
-    assert _slurm_task_in_process(out, 1, monkeypatch) == 0  # the rerun of the killed task
+    # the rerun of the killed task, as `sbatch --array=1 array.sbatch` starts it
+    rerun = {**_slurm_env(1), "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "1"}
+    assert _slurm_task_in_process(out, 1, monkeypatch, {**rerun, "FACESYNTH_SLURM_TASKS": "3"}) == 0
     assert "finished units [1, 4, 7]; 0 unit(s)" in capsys.readouterr().err
     # a unit whose shard disagrees with its done-marker (files mixed from elsewhere) is refused
     marker = layout.unit_done_marker(out, 5)
@@ -145,9 +149,42 @@ def test_array_task_from_slurm_environment() -> None:
     assert array_task(env) == (1, 3)
     with pytest.raises(UserInputError, match="outside"):
         array_task({**env, "SLURM_ARRAY_TASK_ID": "9"})
+    # `sbatch --array=2` reruns task 2 of our 3-task script alone: it keeps its units
+    rerun = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "2", "SLURM_ARRAY_TASK_COUNT": "1"}
+    assert array_task({**rerun, "FACESYNTH_SLURM_TASKS": "3"}) == (2, 3)
+    with pytest.raises(UserInputError, match="FACESYNTH_SLURM_TASKS"):
+        array_task(rerun)  # a script of one's own, without the variable: not every unit
     # every unit belongs to exactly one task
     units = [u for k in range(3) for u in task_units(10, k, 3)]
     assert sorted(units) == list(range(10))
+
+
+def test_cleanup_keeps_temporary_files_of_running_processes(tmp_path: Path) -> None:
+    import socket
+
+    from facesynth.runner import clean_partial_files
+
+    units = tmp_path / layout.UNITS
+    units.mkdir()
+    host = socket.gethostname()
+    running = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        names = {
+            "live": f".unit-00001.parquet.tmp-{host}-{running.pid}",
+            "dead": f".unit-00001.parquet.tmp-{host}-{dead.pid}",
+            "elsewhere": f".unit-00001.parquet.tmp-other-node-7-{running.pid}",
+        }
+        for name in names.values():
+            (units / name).write_bytes(b"partial")
+        clean_partial_files(tmp_path, [1])  # a Slurm task: other hosts may be writing
+        assert sorted(p.name for p in units.iterdir()) == sorted([names["live"], names["elsewhere"]])
+        clean_partial_files(tmp_path)  # a single-host run: other hosts' files are stale
+        assert [p.name for p in units.iterdir()] == [names["live"]]
+    finally:
+        running.kill()
+        running.wait()
 
 
 def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
@@ -169,6 +206,7 @@ def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
     assert facesynth.run(recipe, out=out, progress=False) == {}
     array = (out / ".slurm" / "array.sbatch").read_text()
     assert "#SBATCH --array=0-2" in array and "#SBATCH --gres=gpu:1" in array
+    assert "export FACESYNTH_SLURM_TASKS=3" in array  # `sbatch --array=K` reruns task K alone
     assert f"-m facesynth.cli run {out / 'recipe.yaml'} --out {out} --no-progress" in array
     assert f"-m facesynth.cli finalize {out}" in (out / ".slurm" / "finalize.sbatch").read_text()
     lines = calls.read_text().splitlines()

@@ -1,0 +1,54 @@
+"""insightface's own SCRFD detector, called directly (``pip install facesynth[insightface]``).
+
+Same options and output as the ``scrfd`` detector, which reimplements it; the tests check that
+both give the same faces on the same ONNX file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from facesynth.errors import UserInputError
+from facesynth.filters.align import pad_and_scale, to_rgb
+from facesynth.filters.models import insightface_model, resolve_model_file
+from facesynth.filters.scrfd import HOW_TO_GET, PACK_FILES
+from facesynth.interfaces import Face
+from facesynth.registry import StrictOptions
+
+
+class InsightFaceDetector:
+    """SCRFD through ``insightface.model_zoo.get_model`` on a local ONNX file or pack folder."""
+
+    class Options(StrictOptions):
+        model: str = "~/.insightface/models/buffalo_l"  # .onnx file, pack folder, or hub "repo/id/file.onnx"
+        input_size: int = 640  # square network input; a fixed-size model's own size wins
+        threshold: float = 0.5
+        nms_iou: float = 0.4
+        pad: float = 0.25  # border added on every side (x longer side) so tight crops are found
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or self.Options()
+        self.path = resolve_model_file(self.options.model, PACK_FILES, HOW_TO_GET)
+        self.model = insightface_model(self.path, self.options.device)
+        if getattr(self.model, "taskname", None) != "detection":
+            raise UserInputError(f"detector model {self.path} is not a face detector for insightface")
+        size = self.options.input_size
+        self.model.prepare(
+            0, input_size=(size, size), det_thresh=self.options.threshold, nms_thresh=self.options.nms_iou
+        )
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 image, best score first; boxes and landmarks in image pixels."""
+        padded, _, border = pad_and_scale(to_rgb(image), self.options.pad, 0)
+        boxes, marks = self.model.detect(np.ascontiguousarray(padded[:, :, ::-1]))  # insightface takes BGR
+        return [
+            Face(
+                box=(boxes[i, :4] - border).astype(np.float32),
+                landmarks=(marks[i] - border).astype(np.float32),
+                score=float(boxes[i, 4]),
+            )
+            for i in range(len(boxes))
+        ]

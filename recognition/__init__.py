@@ -1,0 +1,1 @@
+"""Face-recognition training and evaluation on facesynth datasets: backbones, heads, data, training."""

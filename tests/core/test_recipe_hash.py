@@ -1,0 +1,105 @@
+"""The recipe hash covers what decides the rows: resolved options and the bytes of local files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesynth import fingerprint, layout
+from facesynth.errors import FacesynthError
+from facesynth.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "recipes" / "smoke.yaml"
+
+
+def _hash(*overrides: str) -> str:
+    return load_recipe(SMOKE, list(overrides)).content_hash()
+
+
+def test_spelled_out_defaults_hash_like_omitted_ones() -> None:
+    base = _hash()
+    assert _hash("generator.guidance=3.0", "generator.scheduler=dpm++") == base  # the defaults, spelled out
+    assert _hash("filters.0.max_yaw=null", "filters.0.min_det_score=null") == base
+    assert _hash("variations.vary.min_cosine=0.85") == base
+    assert _hash("identities.max_gallery_cosine=0.3", "identities.block_size=8192") == base
+    assert _hash("identities.sampler={name: sphere}") == base
+    # execution keys: where and how fast
+    assert _hash("generator.batch_size=3", "output.dir=/elsewhere", "executor=slurm") == base
+    # what does change the rows changes the hash
+    assert _hash("generator.size=72") != base
+    assert _hash("filters.0.min_blur=100") != base
+
+
+def test_nested_embedder_defaults_are_filled() -> None:
+    from facesynth.filters import FILTERS
+
+    short = fingerprint.resolve_component(FILTERS, "identity", {"embedder": "dlib"})
+    spelled = {"name": "dlib", "num_jitters": 0, "detector": {"name": "dlib", "model": "hog"}}
+    full = fingerprint.resolve_component(FILTERS, "identity", {"embedder": spelled})
+    assert short == full
+    assert short["embedder"]["detector"]["cnn_fallback"] is True  # a default two levels down
+
+
+def test_a_changed_default_changes_the_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facesynth.generators.tiny import TinyGenerator
+
+    base = _hash()
+    field = next(f for f in TinyGenerator.Options.model_fields.values() if f.default == "dpm++")
+    monkeypatch.setattr(field, "default", "ddim")
+    TinyGenerator.Options.model_rebuild(force=True)
+    try:
+        assert _hash() != base
+    finally:
+        monkeypatch.undo()
+        TinyGenerator.Options.model_rebuild(force=True)
+    assert _hash() == base
+
+
+def test_local_files_enter_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACESYNTH_CACHE", str(tmp_path / "cache"))
+    reference = tmp_path / "reference.npy"
+    rng = np.random.default_rng(0)
+    np.save(reference, rng.standard_normal((8, 16)).astype(np.float32))
+    overrides = [f"identities.sampler={{name: gaussian, reference: {reference}}}"]
+    first = _hash(*overrides)
+    assert _hash(*overrides) == first
+    np.save(reference, rng.standard_normal((8, 16)).astype(np.float32))
+    os.utime(reference, ns=(1, 1))  # a new mtime: the cached hash is not reused
+    assert _hash(*overrides) != first
+    cached = layout.read_json(fingerprint.cache_dir() / "file-sha256.json")
+    assert cached[str(reference.resolve())]["sha256"] == fingerprint.file_sha256(reference)
+
+
+def test_file_hashes_are_read_once_per_size_and_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACESYNTH_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x" * 1000)
+    digest = fingerprint.file_sha256(model)
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: reads.append(p) or real_open(p, *a, **k))
+    assert fingerprint.file_sha256(model) == digest
+    assert reads == []
+
+
+def test_finalize_refuses_units_of_different_generator_provenance(tmp_path: Path) -> None:
+    from facesynth.finalize import finalize
+    from facesynth.runner import prepare, run_units
+
+    recipe = load_recipe(SMOKE, ["identities.count=4", "output.identities_per_unit=2"])
+    prepare(recipe, tmp_path, progress=False)
+    run_units(tmp_path, [0, 1], progress=False)
+    # Unit 1 as if made after the Hub repo of the weights moved on to another revision.
+    marker = layout.unit_done_marker(tmp_path, 1)
+    done = layout.read_json(marker)
+    done["generator"]["revision"] = "0123abc"
+    layout.atomic_write_json(marker, done)
+    with pytest.raises(FacesynthError, match=r"unit 1 .*revision"):
+        finalize(tmp_path)
+    assert not (tmp_path / layout.STATS).exists()

@@ -1,0 +1,32 @@
+"""Session fixtures of the report tests: the smoke dataset and its exports in every format the readers read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import facesynth
+from facesynth.export import export
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "recipes" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``facesynth run recipes/smoke.yaml identities.count=8``: 8 identities x 3-4 tiny (non-face) images."""
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    facesynth.run(SMOKE, out=out, overrides=["identities.count=8"], progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_formats(smoke: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The smoke dataset as parquet (itself), ImageFolder, RecordIO and LMDB."""
+    root = tmp_path_factory.mktemp("formats")
+    paths = {"parquet": smoke}
+    for kind, name in (("imagefolder", "folder"), ("recordio", "rec"), ("lmdb", "smoke.lmdb")):
+        export(smoke, kind, root / name, progress=False)
+        paths[kind] = root / name
+    return paths
