@@ -95,7 +95,7 @@ class Generator(Protocol):
     input_scale: ClassVar[Literal["unit", "raw"]]
     # Per-image numbers the generator reports (e.g. whether an optimisation converged); written
     # as dataset columns. Empty for most generators.
-    score_columns: ClassVar[tuple[str, ...]]
+    score_columns: tuple[str, ...]
 
     def generate(
         self,
@@ -107,6 +107,22 @@ class Generator(Protocol):
     def image_scores(self) -> list[dict[str, float]]:
         """The ``score_columns`` values of the images of the last ``generate`` call, in order."""
         ...
+
+
+@runtime_checkable
+class RefinesIdentities(Protocol):
+    """A generator that adjusts each identity's vector once before its images are made.
+
+    Vec2Face's AttrOP refines identity centres (HSFace). ``refine_identities`` returns the new
+    vectors and a record per vector (values for the generator's ``score_columns``), and must
+    depend only on each vector and its seed.
+    """
+
+    refines_identities: bool
+
+    def refine_identities(
+        self, vectors: np.ndarray, seeds: Sequence[int]
+    ) -> tuple[np.ndarray, list[dict[str, float]]]: ...
 
 
 @dataclass

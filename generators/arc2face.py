@@ -216,8 +216,6 @@ class Arc2FaceGenerator:
     # The identity vectors live in the space of Arc2Face's ArcFace (arcface.onnx): filters whose
     # embedder loads that same file compare images with the bank vector itself.
     embedding_space: str | None = None
-    # The identity vectors live in the space of Arc2Face's ArcFace (arcface.onnx): filters using that
-    # embedder compare images with the bank vector itself.
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
     score_columns: ClassVar[tuple[str, ...]] = ()
 

@@ -58,6 +58,8 @@ WEIGHTS_PTH = "weights/vec2face_generator.pth"
 WEIGHTS_SAFETENSORS = "weights/vec2face_generator.safetensors"
 CONFIG_FILE = "config.json"  # optional: architecture sizes (tiny test models); absent = published sizes
 STATE_KEY = "model_vec2face"
+ARCFACE_PTH = "weights/arcface-r100-glint360k.pth"  # AttrOP's estimators, from the same Hub repo
+MAGFACE_PTH = "weights/magface-r100-glint360k.pth"
 
 VEC2FACE_LAYOUT = Layout(
     description=f"a Vec2Face folder ({WEIGHTS_PTH}, as in BooBooWu/Vec2Face)",
@@ -85,6 +87,9 @@ class Vec2FaceConfig(StrictOptions):
     num_res_blocks: int = 2
     z_channels: int = 256
     out_ch: int = 3
+    # AttrOP's ArcFace / MagFace IResNet-100 estimators (arcface_torch r100)
+    iresnet_width: int = 64
+    iresnet_layers: tuple[int, int, int, int] = (3, 13, 30, 3)
 
     @model_validator(mode="after")
     def _grid(self) -> Vec2FaceConfig:
@@ -403,6 +408,8 @@ TINY_CONFIG = Vec2FaceConfig(
     ch=32,
     num_res_blocks=1,
     z_channels=32,
+    iresnet_width=8,
+    iresnet_layers=(1, 1, 1, 1),
 )
 
 
@@ -422,8 +429,48 @@ def build_random_vec2face(folder: Path, config: Vec2FaceConfig = TINY_CONFIG, se
     return save_model(model, Path(folder))
 
 
+def build_random_estimators(folder: Path, config: Vec2FaceConfig = TINY_CONFIG, seed: int = 1) -> None:
+    """Write random ArcFace and MagFace IResNets in the published files of ``BooBooWu/Vec2Face``."""
+    from facesynth.recognition.iresnet import iresnet
+
+    torch.manual_seed(seed)
+    for name in (ARCFACE_PTH, MAGFACE_PTH):
+        model = iresnet("r100", width=config.iresnet_width, layers=tuple(config.iresnet_layers))
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)  # the published files hold the bare state dict
+
+
 # --------------------------------------------------------------------------------------------------
 # The generator
+
+
+ESTIMATORS_LAYOUT = Layout(
+    description=f"a folder with Vec2Face's estimators ({ARCFACE_PTH}, {MAGFACE_PTH}, as in BooBooWu/Vec2Face)",
+    required=((ARCFACE_PTH,), (MAGFACE_PTH,)),
+    download=(ARCFACE_PTH, MAGFACE_PTH),
+)
+ATTROP_COLUMNS = ("attrop_converged", "attrop_iterations", "attrop_cosine", "attrop_quality")
+
+
+class AttrOPOptions(StrictOptions):
+    """The published ``gen_image`` loop, with a cap: Adam on the input vector until the targets hold."""
+
+    apply_to: Literal["identities", "images"] = "identities"  # HSFace: refine each centre once
+    estimators: str | None = None  # folder or Hub repo with the IResNet-100s; default: generator.model
+    revision: str | None = None
+    min_cosine: float = Field(0.7, ge=-1.0, le=1.0)  # ArcFace cosine of the image to the target vector
+    quality: float = Field(27.0, ge=0.0)  # MagFace feature norm
+    yaw: float | None = None  # pose target in degrees (6DRepNet): not available yet
+    lr: float = Field(0.1, gt=0.0)
+    steps: int = Field(1, ge=1)  # iterations that must meet the targets (the published num_iter)
+    max_iterations: int = Field(100, ge=1)  # the cap the published loop lacks (its issue #18)
+
+    @model_validator(mode="after")
+    def _no_pose_yet(self) -> AttrOPOptions:
+        if self.yaw is not None:
+            raise ValueError("yaw targets need the 6DRepNet estimator, which facesynth does not load yet")
+        return self
 
 
 class Vec2FaceOptions(StrictOptions):
@@ -434,6 +481,7 @@ class Vec2FaceOptions(StrictOptions):
     mask_ratio_max: float = Field(1.0, gt=0.0, le=1.0)
     mask_ratio_mu: float = 0.15
     mask_ratio_std: float = Field(0.25, gt=0.0)
+    attrop: AttrOPOptions | None = None
     device: str = "auto"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # the published scripts run fp32
     batch_size: int = Field(256, ge=1)
@@ -448,6 +496,118 @@ class Vec2FaceOptions(StrictOptions):
         return self
 
 
+def load_iresnet(path: Path, config: Vec2FaceConfig) -> nn.Module:
+    """An arcface_torch IResNet-100 (Vec2Face's ArcFace / MagFace estimator), loaded safely and strictly."""
+    from facesynth.recognition.iresnet import iresnet
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FacesynthError(
+            f"generator.attrop.estimators: {path} is not a plain tensor checkpoint and was not loaded: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    model = iresnet("r100", width=config.iresnet_width, layers=tuple(config.iresnet_layers))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])
+        raise FacesynthError(
+            f"generator.attrop.estimators: {path} is not an IResNet-100: {detail[:300]}"
+        ) from None
+    return model.eval().requires_grad_(False)
+
+
+class AttrOP:
+    """Vec2Face's attribute optimisation, per row: each row has its own Adam state, draws and cap.
+
+    For one row this is the published ``gen_image`` at batch size 1 (after seeding the global RNGs
+    with the row's seed), stopped after ``max_iterations``: every iteration draws a new mask, scores
+    the image (ArcFace cosine to ``targets``, MagFace norm), counts the iteration as met when the
+    cosine >= ``min_cosine`` and norm >= ``quality - 1`` (the published tolerances), and takes an
+    Adam step on ``100 (1 - cos) + max(quality - norm, 0)`` either way.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, generator: Vec2FaceGenerator, options: AttrOPOptions) -> None:
+        self.generator, self.options = generator, options
+        source = options.estimators or generator.options.model
+        self.folder = resolve_checkpoint(
+            source, options.revision, ESTIMATORS_LAYOUT, "generator.attrop.estimators"
+        )
+        config = generator.model.config
+        self.arcface = load_iresnet(self.folder / ARCFACE_PTH, config).to(generator.device)
+        self.magface = load_iresnet(self.folder / MAGFACE_PTH, config).to(generator.device)
+
+    def scores(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ArcFace cosine to ``targets``, MagFace norm) per row of images in [-1, 1]."""
+        cosine = torch.cosine_similarity(self.arcface(images), targets)
+        return cosine, self.magface(images).norm(dim=1)
+
+    def gradient(
+        self, x: torch.Tensor, targets: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gradient of each row's loss, cosine, norm) for vectors ``x`` and their masks."""
+        o = self.options
+        leaf = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            image = self.generator.forward(leaf, masks).float().clamp(-1, 1)
+            cosine, norm = self.scores(image, targets)
+            loss = (1 - cosine) * 100 + (o.quality - norm).clamp(min=0)
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)  # row r's gradient is its own loss's
+        return grad, cosine.detach(), norm.detach()
+
+    def run(
+        self, vectors: torch.Tensor, targets: torch.Tensor, draws: list[MaskDraws]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """Optimised vectors [B, 512] and each row's record (converged, iterations, last scores)."""
+        o, gen = self.options, self.generator
+        x = vectors.detach().clone().float()
+        m, v = torch.zeros_like(x), torch.zeros_like(x)
+        step = torch.zeros(len(x), 1, dtype=torch.float64)
+        met = [0] * len(x)
+        last = [(float("nan"), float("nan"))] * len(x)
+        active = list(range(len(x)))
+        while active:
+            rows = torch.tensor(active)
+            masks = [draws[r].next()[:2] for r in active]
+            # One row at a time when batch-invariant: the estimators' kernels then never see the batch.
+            chunks = [[k] for k in range(len(active))] if gen.batch_invariant else [list(range(len(active)))]
+            parts = [self.gradient(x[rows[c]], targets[rows[c]], [masks[k] for k in c]) for c in chunks]
+            grad, cosine, norm = (torch.cat(p) for p in zip(*parts, strict=True))
+            with torch.no_grad():
+                b1, b2 = self.BETAS
+                m[rows] = b1 * m[rows] + (1 - b1) * grad
+                v[rows] = b2 * v[rows] + (1 - b2) * grad * grad
+                step[rows] += 1
+                t = step[rows]
+                # torch.optim.Adam's arithmetic (step size lr / bc1, denominator sqrt(v) / sqrt(bc2) + eps)
+                size = (o.lr / (1 - b1**t)).to(x.dtype).to(x.device)
+                denom = v[rows].sqrt() / (1 - b2**t).sqrt().to(x.dtype).to(x.device) + self.EPS
+                x[rows] = x[rows] - size * m[rows] / denom
+            still = []
+            for k, r in enumerate(active):
+                c, q = float(cosine[k]), float(norm[k])
+                last[r] = (c, q)
+                if c >= o.min_cosine and o.quality - q <= 1:  # the published id_loss <= 0.3, q_loss <= 1
+                    met[r] += 1
+                if met[r] < o.steps and int(step[r]) < o.max_iterations:
+                    still.append(r)
+            active = still
+        records = [
+            {
+                "attrop_converged": float(met[r] >= o.steps),
+                "attrop_iterations": float(step[r]),
+                "attrop_cosine": last[r][0],
+                "attrop_quality": last[r][1],
+            }
+            for r in range(len(x))
+        ]
+        return x, records
+
+
 class Vec2FaceGenerator:
     """Vec2Face as published (``BooBooWu/Vec2Face``): raw ArcFace features -> 112x112 faces."""
 
@@ -457,7 +617,7 @@ class Vec2FaceGenerator:
     uses_prompts = False
     input_scale: ClassVar[Literal["unit", "raw"]] = "raw"
     embedding_space: str | None = None  # Vec2Face's own ArcFace r100 (glint360k), not a filter embedder
-    score_columns: ClassVar[tuple[str, ...]] = ()
+    score_columns: tuple[str, ...] = ()
 
     def __init__(self, options: Vec2FaceOptions) -> None:
         self.options = options
@@ -475,6 +635,10 @@ class Vec2FaceGenerator:
         )
         self.ratio = mask_ratio_distribution(options)
         self.num_dropped = math.ceil(TOKENS * options.mask_ratio_min)
+        self.attrop = AttrOP(self, options.attrop) if options.attrop is not None else None
+        self.refines_identities = self.attrop is not None and options.attrop.apply_to == "identities"
+        self.score_columns = ATTROP_COLUMNS if self.attrop is not None else ()
+        self._scores: list[dict[str, float]] = []
 
     def describe(self) -> dict[str, Any]:
         o = self.options
@@ -490,6 +654,7 @@ class Vec2FaceGenerator:
                 "mu": o.mask_ratio_mu,
                 "std": o.mask_ratio_std,
             },
+            "attrop": o.attrop.model_dump() if o.attrop else None,
             "dtype": o.dtype,
             "batch_invariant": self.batch_invariant,
             "input_scale": self.input_scale,
@@ -504,32 +669,57 @@ class Vec2FaceGenerator:
         """Images in [-1, 1] for vectors [B, 512] on the device and per-row (drop, masked) masks."""
         drop = torch.stack([m[0] for m in masks]).to(self.device)
         masked = torch.stack([m[1] for m in masks]).to(self.device)
-        x = vectors.to(self.dtype)
-        if (
-            self.batch_invariant and len(x) > 1
-        ):  # same kernels whatever the batch (see arc2face.run_per_sample)
-            return torch.cat(
-                [self.model(x[i : i + 1], drop[i : i + 1], masked[i : i + 1]) for i in range(len(x))]
-            )
+        x = vectors.to(self.device, self.dtype)
+        if self.batch_invariant and len(x) > 1:  # the same kernels whatever the batch (see arc2face)
+            rows = [self.model(x[i : i + 1], drop[i : i + 1], masked[i : i + 1]) for i in range(len(x))]
+            return torch.cat(rows)
         return self.model(x, drop, masked)
 
-    @torch.inference_mode()
+    def refine_identities(
+        self, vectors: np.ndarray, seeds: Sequence[int]
+    ) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """AttrOP on identity centres (HSFace): refined raw vectors and each one's record."""
+        assert self.attrop is not None
+        array = check_vectors(vectors, seeds, self.dim, self.name)
+        out, records = [], []
+        for start in range(0, len(array), self.batch_size):
+            x = torch.from_numpy(array[start : start + self.batch_size]).to(self.device)
+            draws = [self.draws(s) for s in seeds[start : start + self.batch_size]]
+            refined, rec = self.attrop.run(x, x, draws)
+            out.append(refined.cpu().numpy())
+            records += rec
+        return np.concatenate(out).astype(np.float32), records
+
     def generate(
         self, vectors: np.ndarray, seeds: Sequence[int], prompts: Sequence[str] | None = None
     ) -> list[Image.Image]:
-        """One 112x112 image per (raw vector, seed); ``prompts`` are ignored."""
+        """One 112x112 image per (raw vector, seed); ``prompts`` are ignored.
+
+        With ``attrop.apply_to: images`` each vector is first optimised (target: itself), and the
+        image is the next forward pass of its seed's streams, as ``gen_image`` returns it.
+        """
         array = check_vectors(vectors, seeds, self.dim, self.name)
         images: list[Image.Image] = []
+        self._scores = [{} for _ in seeds]  # filled per image with attrop.apply_to: images
+        per_image = self.attrop is not None and not self.refines_identities
         for start in range(0, len(array), self.batch_size):
             stop = start + self.batch_size
-            masks = [self.draws(s).next()[:2] for s in seeds[start:stop]]
+            x = torch.from_numpy(array[start:stop]).to(self.device)
+            draws = [self.draws(s) for s in seeds[start:stop]]
             try:
-                out = self.forward(torch.from_numpy(array[start:stop]).to(self.device), masks)
+                if per_image:
+                    x, records = self.attrop.run(x, x, draws)
+                    self._scores[start:stop] = records
+                with torch.inference_mode():
+                    out = self.forward(x, [d.next()[:2] for d in draws])
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise out_of_memory_error(self.name, self.batch_size, self.model.config.image_size) from None
             images += to_pil(out)
         return images
+
+    def image_scores(self) -> list[dict[str, float]]:
+        return self._scores
 
 
 def mask_ratio_distribution(options: Vec2FaceOptions) -> Any:
