@@ -37,6 +37,21 @@ def test_unit_vectors_for_a_raw_scale_generator_are_refused(sampler):
         parse_recipe(yaml.safe_dump(data))
 
 
+def test_a_bank_of_unit_vectors_is_refused_at_run_time(tmp_path: Path):
+    from facesynth.errors import UserInputError
+    from facesynth.generators import load_generator
+    from facesynth.runner import check_input_scale
+
+    build_random_vec2face(tmp_path)
+    generator = load_generator("vec2face", model=str(tmp_path), device="cpu")
+    raw = np.random.default_rng(0).normal(0, 1.1, (4, 512)).astype(np.float32)
+    check_input_scale(generator, raw, tmp_path / "bank.safetensors")
+    with pytest.raises(UserInputError, match="bank.safetensors: the identity bank holds unit vectors"):
+        check_input_scale(
+            generator, raw / np.linalg.norm(raw, axis=1, keepdims=True), tmp_path / "bank.safetensors"
+        )
+
+
 @pytest.mark.slow
 def test_small_hsface_run_end_to_end(tmp_path: Path):
     """4 identities x 3 images: PCA-Gaussian raw bank, gallery guard, centre AttrOP, sigma mixture."""
