@@ -60,6 +60,7 @@ CONFIG_FILE = "config.json"  # optional: architecture sizes (tiny test models); 
 STATE_KEY = "model_vec2face"
 ARCFACE_PTH = "weights/arcface-r100-glint360k.pth"  # AttrOP's estimators, from the same Hub repo
 MAGFACE_PTH = "weights/magface-r100-glint360k.pth"
+POSE_PTH = "weights/6DRepNet_300W_LP_AFLW2000.pth"
 
 VEC2FACE_LAYOUT = Layout(
     description=f"a Vec2Face folder ({WEIGHTS_PTH}, as in BooBooWu/Vec2Face)",
@@ -90,6 +91,9 @@ class Vec2FaceConfig(StrictOptions):
     # AttrOP's ArcFace / MagFace IResNet-100 estimators (arcface_torch r100)
     iresnet_width: int = 64
     iresnet_layers: tuple[int, int, int, int] = (3, 13, 30, 3)
+    # AttrOP's pose estimator: 6DRepNet on RepVGG-B1g2 (deploy form): blocks per stage, stage widths
+    pose_blocks: tuple[int, int, int, int] = (4, 6, 16, 1)
+    pose_widths: tuple[int, int, int, int, int] = (64, 128, 256, 512, 2048)
 
     @model_validator(mode="after")
     def _grid(self) -> Vec2FaceConfig:
@@ -293,6 +297,60 @@ class Vec2FaceModel(nn.Module):
         return self.im_decoder(latent)
 
 
+class RepVGGBlock(nn.Module):
+    """A RepVGG block in its deploy form: one 3x3 convolution with bias, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.rbr_reparam = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.rbr_reparam(x))
+
+
+class SixDRepNet(nn.Module):
+    """6DRepNet (RepVGG-B1g2, deploy) as ``sixdrepnet.model.SixDRepNet``: image -> 3x3 rotation matrix.
+
+    The published ``6DRepNet_300W_LP_AFLW2000.pth`` keys: ``layer0..layer4`` (RepVGG stages),
+    ``linear_reg``. Every even block (counting from stage 1) is a 2-group convolution.
+    """
+
+    def __init__(self, blocks: Sequence[int], widths: Sequence[int]) -> None:
+        super().__init__()
+        self.layer0 = RepVGGBlock(3, widths[0], 2, 1)
+        index, cin = 1, widths[0]
+        for stage, (count, width) in enumerate(zip(blocks, widths[1:], strict=True), start=1):
+            layers = []
+            for k in range(count):
+                layers.append(RepVGGBlock(cin, width, 2 if k == 0 else 1, 2 if index % 2 == 0 else 1))
+                index, cin = index + 1, width
+            setattr(self, f"layer{stage}", nn.Sequential(*layers))
+        self.linear_reg = nn.Linear(cin, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in range(5):
+            x = getattr(self, f"layer{stage}")(x)
+        return rotation_from_6d(self.linear_reg(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
+
+
+def rotation_from_6d(poses: torch.Tensor) -> torch.Tensor:
+    """Gram-Schmidt of the two 3-vectors (6DRepNet's ``compute_rotation_matrix_from_ortho6d``)."""
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v / v.pow(2).sum(1).sqrt().clamp(min=1e-8).unsqueeze(1)
+
+    x = unit(poses[:, 0:3])
+    z = unit(torch.linalg.cross(x, poses[:, 3:6]))
+    y = torch.linalg.cross(z, x)
+    return torch.stack([x, y, z], dim=2)
+
+
+def yaw_degrees(rotation: torch.Tensor) -> torch.Tensor:
+    """Yaw of [B, 3, 3] rotations in degrees (6DRepNet's Euler angles, y component; singular case too)."""
+    sy = torch.sqrt(rotation[:, 0, 0] ** 2 + rotation[:, 1, 0] ** 2)
+    return torch.atan2(-rotation[:, 2, 0], sy) * 180 / np.pi
+
+
 # --------------------------------------------------------------------------------------------------
 # Per-image randomness
 
@@ -323,6 +381,17 @@ class MaskDraws:
 # Loading
 
 
+def load_tensors(path: Path, option: str) -> Any:
+    """``torch.load(weights_only=True)``: a pickle that would run code is refused with one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, or torch's RuntimeError for non-tensor content
+        raise FacesynthError(
+            f"{option}: {path} is not a plain tensor checkpoint and was not loaded (only tensors are "
+            f"unpickled, never code): {str(exc).splitlines()[0]}"
+        ) from None
+
+
 def load_config(folder: Path) -> Vec2FaceConfig:
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -347,13 +416,7 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
         return load_file(safe)
     path = folder / WEIGHTS_PTH
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, or torch's RuntimeError for non-tensor content
-        raise FacesynthError(
-            f"generator.model: {path} is not a plain tensor checkpoint and was not loaded (only tensors are "
-            f"unpickled, never code): {str(exc).splitlines()[0]}"
-        ) from None
+    checkpoint = load_tensors(path, "generator.model")
     if not isinstance(checkpoint, dict) or STATE_KEY not in checkpoint:
         raise FacesynthError(f"generator.model: {path} has no '{STATE_KEY}' entry; it is not Vec2Face's file")
     return checkpoint[STATE_KEY]
@@ -410,6 +473,8 @@ TINY_CONFIG = Vec2FaceConfig(
     z_channels=32,
     iresnet_width=8,
     iresnet_layers=(1, 1, 1, 1),
+    pose_blocks=(1, 1, 1, 1),
+    pose_widths=(8, 8, 16, 16, 32),
 )
 
 
@@ -430,7 +495,7 @@ def build_random_vec2face(folder: Path, config: Vec2FaceConfig = TINY_CONFIG, se
 
 
 def build_random_estimators(folder: Path, config: Vec2FaceConfig = TINY_CONFIG, seed: int = 1) -> None:
-    """Write random ArcFace and MagFace IResNets in the published files of ``BooBooWu/Vec2Face``."""
+    """Write random ArcFace and MagFace IResNets and a 6DRepNet in the published files of ``BooBooWu/Vec2Face``."""
     from facesynth.recognition.iresnet import iresnet
 
     torch.manual_seed(seed)
@@ -439,6 +504,8 @@ def build_random_estimators(folder: Path, config: Vec2FaceConfig = TINY_CONFIG, 
         path = Path(folder) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)  # the published files hold the bare state dict
+    pose = SixDRepNet(config.pose_blocks, config.pose_widths)
+    torch.save(pose.state_dict(), Path(folder) / POSE_PTH)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,7 +517,7 @@ ESTIMATORS_LAYOUT = Layout(
     required=((ARCFACE_PTH,), (MAGFACE_PTH,)),
     download=(ARCFACE_PTH, MAGFACE_PTH),
 )
-ATTROP_COLUMNS = ("attrop_converged", "attrop_iterations", "attrop_cosine", "attrop_quality")
+ATTROP_COLUMNS = ("attrop_converged", "attrop_iterations", "attrop_cosine", "attrop_quality", "attrop_yaw")
 
 
 class AttrOPOptions(StrictOptions):
@@ -461,16 +528,10 @@ class AttrOPOptions(StrictOptions):
     revision: str | None = None
     min_cosine: float = Field(0.7, ge=-1.0, le=1.0)  # ArcFace cosine of the image to the target vector
     quality: float = Field(27.0, ge=0.0)  # MagFace feature norm
-    yaw: float | None = None  # pose target in degrees (6DRepNet): not available yet
+    yaw: float | None = None  # target |yaw| in degrees (6DRepNet, weights/6DRepNet_300W_LP_AFLW2000.pth)
     lr: float = Field(0.1, gt=0.0)
     steps: int = Field(1, ge=1)  # iterations that must meet the targets (the published num_iter)
     max_iterations: int = Field(100, ge=1)  # the cap the published loop lacks (its issue #18)
-
-    @model_validator(mode="after")
-    def _no_pose_yet(self) -> AttrOPOptions:
-        if self.yaw is not None:
-            raise ValueError("yaw targets need the 6DRepNet estimator, which facesynth does not load yet")
-        return self
 
 
 class Vec2FaceOptions(StrictOptions):
@@ -500,13 +561,7 @@ def load_iresnet(path: Path, config: Vec2FaceConfig) -> nn.Module:
     """An arcface_torch IResNet-100 (Vec2Face's ArcFace / MagFace estimator), loaded safely and strictly."""
     from facesynth.recognition.iresnet import iresnet
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FacesynthError(
-            f"generator.attrop.estimators: {path} is not a plain tensor checkpoint and was not loaded: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+    state = load_tensors(path, "generator.attrop.estimators")
     model = iresnet("r100", width=config.iresnet_width, layers=tuple(config.iresnet_layers))
     try:
         model.load_state_dict(state, strict=True)
@@ -540,24 +595,42 @@ class AttrOP:
         config = generator.model.config
         self.arcface = load_iresnet(self.folder / ARCFACE_PTH, config).to(generator.device)
         self.magface = load_iresnet(self.folder / MAGFACE_PTH, config).to(generator.device)
+        self.pose: SixDRepNet | None = None
+        if options.yaw is not None:
+            path = self.folder / POSE_PTH
+            if not path.is_file():
+                raise ModelNotFoundError(
+                    f"generator.attrop.yaw needs {path}; run `hf download BooBooWu/Vec2Face --include {POSE_PTH}`"
+                )
+            self.pose = SixDRepNet(config.pose_blocks, config.pose_widths)
+            self.pose.load_state_dict(load_tensors(path, "generator.attrop.estimators"), strict=True)
+            self.pose = self.pose.eval().requires_grad_(False).to(generator.device)
 
-    def scores(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ArcFace cosine to ``targets``, MagFace norm) per row of images in [-1, 1]."""
+    def scores(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ArcFace cosine to ``targets``, MagFace norm, yaw or NaN) per row of images in [-1, 1]."""
         cosine = torch.cosine_similarity(self.arcface(images), targets)
-        return cosine, self.magface(images).norm(dim=1)
+        if self.pose is None:
+            yaw = torch.full_like(cosine, float("nan"))
+        else:  # as published: BGR in [0, 1], yaw clipped to [-90, 90]
+            yaw = yaw_degrees(self.pose((images[:, [2, 1, 0]] + 1) / 2)).clamp(-90, 90)
+        return cosine, self.magface(images).norm(dim=1), yaw
 
     def gradient(
         self, x: torch.Tensor, targets: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(gradient of each row's loss, cosine, norm) for vectors ``x`` and their masks."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gradient of each row's loss, cosine, norm, yaw) for vectors ``x`` and their masks."""
         o = self.options
         leaf = x.clone().requires_grad_(True)
         with torch.enable_grad():
             image = self.generator.forward(leaf, masks).float().clamp(-1, 1)
-            cosine, norm = self.scores(image, targets)
+            cosine, norm, yaw = self.scores(image, targets)
             loss = (1 - cosine) * 100 + (o.quality - norm).clamp(min=0)
+            if o.yaw is not None:
+                loss = loss + (o.yaw - yaw.abs()).abs()
             (grad,) = torch.autograd.grad(loss.sum(), leaf)  # row r's gradient is its own loss's
-        return grad, cosine.detach(), norm.detach()
+        return grad, cosine.detach(), norm.detach(), yaw.detach()
 
     def run(
         self, vectors: torch.Tensor, targets: torch.Tensor, draws: list[MaskDraws]
@@ -568,7 +641,7 @@ class AttrOP:
         m, v = torch.zeros_like(x), torch.zeros_like(x)
         step = torch.zeros(len(x), 1, dtype=torch.float64)
         met = [0] * len(x)
-        last = [(float("nan"), float("nan"))] * len(x)
+        last = [(float("nan"), float("nan"), float("nan"))] * len(x)
         active = list(range(len(x)))
         while active:
             rows = torch.tensor(active)
@@ -576,7 +649,7 @@ class AttrOP:
             # One row at a time when batch-invariant: the estimators' kernels then never see the batch.
             chunks = [[k] for k in range(len(active))] if gen.batch_invariant else [list(range(len(active)))]
             parts = [self.gradient(x[rows[c]], targets[rows[c]], [masks[k] for k in c]) for c in chunks]
-            grad, cosine, norm = (torch.cat(p) for p in zip(*parts, strict=True))
+            grad, cosine, norm, yaw = (torch.cat(p) for p in zip(*parts, strict=True))
             with torch.no_grad():
                 b1, b2 = self.BETAS
                 m[rows] = b1 * m[rows] + (1 - b1) * grad
@@ -589,9 +662,10 @@ class AttrOP:
                 x[rows] = x[rows] - size * m[rows] / denom
             still = []
             for k, r in enumerate(active):
-                c, q = float(cosine[k]), float(norm[k])
-                last[r] = (c, q)
-                if c >= o.min_cosine and o.quality - q <= 1:  # the published id_loss <= 0.3, q_loss <= 1
+                c, q, w = float(cosine[k]), float(norm[k]), float(yaw[k])
+                last[r] = (c, q, w)
+                pose_met = o.yaw is None or abs(o.yaw - abs(w)) <= 5
+                if c >= o.min_cosine and o.quality - q <= 1 and pose_met:  # the published tolerances
                     met[r] += 1
                 if met[r] < o.steps and int(step[r]) < o.max_iterations:
                     still.append(r)
@@ -602,6 +676,7 @@ class AttrOP:
                 "attrop_iterations": float(step[r]),
                 "attrop_cosine": last[r][0],
                 "attrop_quality": last[r][1],
+                "attrop_yaw": last[r][2],
             }
             for r in range(len(x))
         ]

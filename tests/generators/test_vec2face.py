@@ -189,3 +189,23 @@ def test_offline_hub_repo_names_the_download_command(monkeypatch, tmp_path):
 def test_wrong_vectors_are_refused(vec2face):
     with pytest.raises(UserInputError, match="dimension 512"):
         vec2face.generate(np.zeros((1, 128), np.float32), [0])
+
+
+def test_pose_estimator_has_the_published_6drepnet_layout():
+    """RepVGG-B1g2 (deploy) + linear_reg: the keys and shapes of 6DRepNet_300W_LP_AFLW2000.pth."""
+    from facesynth.generators.vec2face import SixDRepNet, rotation_from_6d, yaw_degrees
+
+    config = Vec2FaceConfig()
+    with torch.device("meta"):
+        state = SixDRepNet(config.pose_blocks, config.pose_widths).state_dict()
+    assert len(state) == 2 * (1 + 4 + 6 + 16 + 1) + 2
+    assert state["layer0.rbr_reparam.weight"].shape == (64, 3, 3, 3)
+    assert state["layer1.0.rbr_reparam.weight"].shape == (128, 64, 3, 3)
+    assert state["layer1.1.rbr_reparam.weight"].shape == (128, 64, 3, 3)  # layer 2: two groups
+    assert state["layer3.15.rbr_reparam.weight"].shape == (512, 256, 3, 3)  # layer 26: two groups
+    assert state["layer4.0.rbr_reparam.weight"].shape == (2048, 512, 3, 3)  # layer 27: one group
+    assert state["linear_reg.weight"].shape == (6, 2048)
+    # the rotation of a known 6D pose: identity -> yaw 0; a rotation about y by 30 degrees -> 30
+    angle = np.deg2rad(30.0)
+    six = torch.tensor([[np.cos(angle), 0.0, -np.sin(angle), 0.0, 1.0, 0.0]], dtype=torch.float32)
+    assert abs(float(yaw_degrees(rotation_from_6d(six))[0]) - 30.0) < 1e-4

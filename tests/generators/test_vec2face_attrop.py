@@ -13,6 +13,7 @@ from facesynth.generators import load_generator
 from facesynth.generators.vec2face import (
     ARCFACE_PTH,
     ATTROP_COLUMNS,
+    POSE_PTH,
     build_random_estimators,
     build_random_vec2face,
 )
@@ -72,7 +73,10 @@ def test_each_row_is_optimised_alone(attrop_dir):
     batch = [np.asarray(im) for im in gen.generate(vectors, SEEDS)]
     batch_scores = gen.image_scores()
     alone = np.asarray(gen.generate(vectors[2:], SEEDS[2:])[0])
-    assert np.array_equal(alone, batch[2]) and gen.image_scores()[0] == batch_scores[2]
+    assert np.array_equal(alone, batch[2])
+    alone_scores = gen.image_scores()[0]
+    assert all(np.array_equal(alone_scores[k], batch_scores[2][k], equal_nan=True) for k in ATTROP_COLUMNS)
+    assert np.isnan(alone_scores["attrop_yaw"])  # no yaw target: no pose estimate
 
 
 def test_refines_identities_once_per_vector(attrop_dir):
@@ -110,8 +114,23 @@ def test_malicious_estimator_is_refused_and_missing_ones_named(attrop_dir, tmp_p
         make(attrop_dir, estimators=str(tmp_path / "empty"))
 
 
-def test_pose_targets_are_refused_until_supported(attrop_dir):
-    from facesynth.errors import UserInputError
-
-    with pytest.raises(UserInputError, match="6DRepNet"):
-        make(attrop_dir, yaw=30.0)
+def test_yaw_target_uses_the_pose_estimator(attrop_dir, tmp_path):
+    """|yaw| must come within 5 degrees of the target: unreachable far away, met at the measured yaw."""
+    vectors = raw_vectors()[:2]
+    far = make(attrop_dir, apply_to="images", min_cosine=-1.0, quality=0.0, yaw=200.0, max_iterations=2)
+    far.generate(vectors, SEEDS[:2])
+    scores = far.image_scores()
+    assert [s["attrop_converged"] for s in scores] == [0.0, 0.0]
+    yaws = [s["attrop_yaw"] for s in scores]
+    assert all(-90 <= w <= 90 for w in yaws)
+    near = make(
+        attrop_dir, apply_to="images", min_cosine=-1.0, quality=0.0, yaw=abs(yaws[0]), max_iterations=2
+    )
+    near.generate(vectors[:1], SEEDS[:1])
+    assert near.image_scores()[0]["attrop_converged"] == 1.0  # the first iteration's image has that yaw
+    # no 6DRepNet file: the error names it and the download
+    folder = tmp_path / "no-pose"
+    build_random_estimators(folder)
+    (folder / POSE_PTH).unlink()
+    with pytest.raises(ModelNotFoundError, match="6DRepNet_300W_LP_AFLW2000.pth"):
+        make(attrop_dir, estimators=str(folder), yaw=30.0)
