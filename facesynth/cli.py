@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finalize", help="merge finished units into the dataset (after distributed runs)")
     p.add_argument("out", help="output folder")
 
+    from facesynth.evaluate import add_parser as add_eval_parser  # facesynth eval
+
+    add_eval_parser(sub)
+
     p = sub.add_parser("push", help="upload a finished dataset to the Hugging Face Hub (resumable)")
     p.add_argument("out", help="finished output folder")
     p.add_argument("--repo", required=True, metavar="ORG/NAME", help="dataset repository (created if needed)")
@@ -244,6 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "eval": lambda args: __import__("facesynth.evaluate").evaluate.cmd_eval(args),
     "run": cmd_run,
     "validate": cmd_validate,
     "info": cmd_info,

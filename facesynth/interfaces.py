@@ -125,6 +125,25 @@ class RefinesIdentities(Protocol):
     ) -> tuple[np.ndarray, list[dict[str, float]]]: ...
 
 
+@runtime_checkable
+class BankConditionedGenerator(Protocol):
+    """A ``Generator`` whose images may also depend on the other identities of the bank.
+
+    Negative-identity guidance (NegFaceDiff) steers image ``i`` away from another bank identity,
+    so the pipeline calls ``generate_in_bank`` instead of ``generate``, with each image's bank index.
+    Image ``i`` stays a function of its vector, seed, identity, the bank and the options only.
+    """
+
+    def generate_in_bank(
+        self,
+        vectors: np.ndarray,
+        seeds: Sequence[int],
+        identities: Sequence[int],
+        bank_vectors: np.ndarray,
+        prompts: Sequence[str] | None = None,
+    ) -> list[Image.Image]: ...
+
+
 @dataclass
 class Candidate:
     """One generated image on its way through the filters."""

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from facesynth import layout
-from facesynth.interfaces import Candidate, Filter, FilterContext, Generator, RefinesIdentities
+from facesynth.interfaces import (
+    BankConditionedGenerator,
+    Candidate,
+    Filter,
+    FilterContext,
+    Generator,
+    RefinesIdentities,
+)
 from facesynth.recipe import Recipe
 from facesynth.schema import CENTROID_PREFIX, dataset_features, rejected_features, unit_identity_features
 from facesynth.seeds import identity_seed, image_prompt, image_seed
@@ -147,7 +154,12 @@ class Worker:
     def render(self, candidates: Sequence[Candidate]) -> None:
         vectors = np.stack([c.vector for c in candidates])
         prompts = [c.prompt or "" for c in candidates] if candidates[0].prompt is not None else None
-        images = self.generator.generate(vectors, [c.seed for c in candidates], prompts)
+        seeds = [c.seed for c in candidates]
+        if isinstance(self.generator, BankConditionedGenerator):  # e.g. negative-identity guidance
+            identities = [c.identity for c in candidates]
+            images = self.generator.generate_in_bank(vectors, seeds, identities, self.bank_vectors, prompts)
+        else:
+            images = self.generator.generate(vectors, seeds, prompts)
         for candidate, image in zip(candidates, images, strict=True):
             candidate.image = image
         if self.generator.score_columns:

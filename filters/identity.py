@@ -22,11 +22,11 @@ from facesynth.registry import StrictOptions
 class IdentityFilter(EmbeddingFilter):
     """Cosine between an image and its identity's target must reach ``min_cosine``.
 
-    The target is the bank vector when the embedder is the space the generator is conditioned in
-    (e.g. ``arcface-onnx`` for Arc2Face); otherwise the running centroid of the identity's images
-    accepted so far. For an identity with no accepted image yet, the medoid of its candidates in
-    the batch (the image closest on average to the others) is the provisional target, so one odd
-    first image cannot define the identity. The pipeline hands a filter all of an identity's
+    The target is the bank vector when the embedder has the space the generator is conditioned in
+    (``arcface-onnx`` on the arcface.onnx Arc2Face ships); otherwise the running centroid of the
+    identity's images accepted so far. For an identity with no accepted image yet, the medoid of its
+    candidates in the batch (the image closest on average to the others) is the provisional target, so
+    one odd first image cannot define the identity. The pipeline hands a filter all of an identity's
     candidates of one round at once (see ``Filter``), so that set never depends on batch sizes.
     """
 

@@ -46,7 +46,7 @@ def import_dlib() -> Any:
 
 INSIGHTFACE_INSTALL_HINT = (
     "insightface is not installed; install it with: pip install 'facesynth[insightface]' (or, to keep "
-    "opencv-python-headless the only OpenCV: pip install --no-deps 'insightface>=2')"
+    "opencv-python-headless the only OpenCV: pip install scikit-image && pip install --no-deps 'insightface>=2')"
 )
 
 

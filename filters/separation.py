@@ -50,7 +50,7 @@ class SeparationFilter(EmbeddingFilter):
     """The cosine to the nearest *other* identity must stay <= ``max_cosine``.
 
     Per image, the other identities are the running centroids of this unit's identities (plus,
-    when the embedder is the generator's conditioning space, every other bank vector). Across
+    when the embedder has the generator's conditioning space, every other bank vector). Across
     units, ``dataset_pass`` drops identities whose centroids collide with an earlier kept one.
     """
 

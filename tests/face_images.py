@@ -37,6 +37,7 @@ class FaceImagesGenerator:
     dim = 512
     input_scale = "unit"
     score_columns: tuple[str, ...] = ()
+    embedding_space = None  # pictures chosen by the vector, in no embedder's space
 
     class Options(StrictOptions):
         size: int = 128

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from facesynth.errors import FacesynthError, ModelNotFoundError, UserInputError
 from facesynth.generators import load_generator
-from facesynth.generators.arc2face import ID_PROMPT
+from facesynth.generators.arc2face import ID_PROMPT, arc2face_space
 
 
 def as_arrays(images) -> list[np.ndarray]:
@@ -232,3 +233,20 @@ def test_base_folder_saved_by_transformers_5_is_accepted(tiny_dirs, arc2face, ve
     expected = arc2face.generate(vectors[:2], [1, 2])
     got = gen.generate(vectors[:2], [1, 2])
     assert [np.asarray(i).tobytes() for i in got] == [np.asarray(i).tobytes() for i in expected]
+
+
+def test_generator_space_is_that_of_the_arcface_onnx_it_ships(arc2face, tiny_dirs, tmp_path, caplog):
+    # The tiny folder ships no arcface.onnx: no generator space, and a warning naming the fix.
+    assert arc2face.embedding_space is None
+    with caplog.at_level("WARNING"):
+        assert arc2face_space(tiny_dirs[0]) is None
+    assert "hf download FoivosPar/Arc2Face arcface.onnx" in caplog.text
+    # With the file beside the UNet: the space of an arcface-onnx embedder loading that very file.
+    model = tmp_path / "arc2face"
+    shutil.copytree(tiny_dirs[0], model)
+    (model / "arcface.onnx").write_bytes(b"stands in for Arc2Face's ArcFace R100")
+    gen = load_generator("arc2face", model=str(model), base_model=str(tiny_dirs[1]), size=64, steps=1)
+    sha = hashlib.sha256((model / "arcface.onnx").read_bytes()).hexdigest()
+    assert gen.embedding_space == f"arcface-onnx:{sha}"
+    tiny = load_generator("tiny", cache_dir=str(tiny_dirs[0].parent.parent))
+    assert tiny.embedding_space.startswith("tiny:")  # its own: no embedder has it

@@ -132,3 +132,10 @@ def test_missing_adapter_file_is_named(tiny_dirs, tmp_path):
 
     with pytest.raises(ModelNotFoundError, match=r"ip-adapter-faceid_sd15\.bin is missing"):
         load_generator("ipadapter-faceid", base_model=str(tiny_dirs[1]), adapter=str(tmp_path))
+
+
+def test_generator_space_is_insightface_buffalo_l(ipadapter):
+    # The ArcFace IP-Adapter FaceID was trained with: buffalo_l's w600k_r50.onnx, by its SHA-256.
+    assert ipadapter.embedding_space == (
+        "arcface-onnx:4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43"
+    )
