@@ -649,7 +649,7 @@ class IDiffFaceGenerator:
     uses_prompts = False
     # Trained on ElasticFace-Arc embeddings of FFHQ; facesynth has no ElasticFace embedder to compare in.
     embedding_space: str | None = None
-    input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
+    input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # ElasticFace-style unit embeddings
     score_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: IDiffFaceOptions) -> None:
