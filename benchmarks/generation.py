@@ -10,6 +10,9 @@ A whole ``facesynth run`` (filters off, model already loaded: units, encoding, w
 is timed in the same rounds. Prints one JSON object. Target: ratio_run >= 0.95.
 
     python benchmarks/generation.py [--sizes 64 112] [--images 32] [--batch 16] [--threads 1]
+    python benchmarks/generation.py --vec2face [--images 16] [--batch 8]
+
+With ``--vec2face`` it times Vec2Face instead (see ``vec2face_main``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -107,8 +111,133 @@ def time_run(size: int, steps: int, guidance: float, batch: int, images: int, ba
         return stats["images_generated"] / (time.perf_counter() - start)
 
 
+def vec2face_recipe(folder: Path, centres: Path, out: Path, images: int, batch: int) -> Path:
+    """The HSFace recipe, small: 4 images per identity, no AttrOP, filters off, random weights."""
+    import yaml
+
+    data = yaml.safe_load((RECIPE.parent / "vec2face-hsface10k.yaml").read_text())
+    data["output"]["dir"] = str(out)
+    data["identities"].update(count=max(1, images // 4), gallery=None)
+    data["identities"]["sampler"].update(reference=str(centres), components=16)
+    data["generator"].update(model=str(folder), batch_size=batch, device="cpu", batch_invariant=False)
+    data["generator"].pop("attrop")
+    data["variations"].update(images_per_identity=4, min_images_per_identity=4, max_attempts_per_identity=4)
+    data["filters"] = []
+    path = out.parent / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def time_vec2face_run(recipe: Path) -> tuple[float, float]:
+    """(images/s of a whole ``facesynth run`` once the model is loaded, seconds spent in the model)."""
+    from facesynth.finalize import finalize
+    from facesynth.recipe import load_recipe
+    from facesynth.runner import load_worker, prepare, run_units
+
+    out = Path(load_recipe(recipe).output.dir)
+    shutil.rmtree(out, ignore_errors=True)
+    run = prepare(load_recipe(recipe), out, progress=False)
+    worker = load_worker(out)
+    generate = worker.generator.generate
+    model_seconds = 0.0
+
+    def timed(*args, **kwargs):
+        nonlocal model_seconds
+        t0 = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            model_seconds += time.perf_counter() - t0
+
+    worker.generator.generate = timed
+    try:
+        start = time.perf_counter()
+        run_units(out, range(run["num_units"]), progress=False)
+        stats = finalize(out)
+        return stats["images_generated"] / (time.perf_counter() - start), model_seconds
+    finally:
+        worker.generator.generate = generate
+
+
+def time_vec2face_bare(model, images: int, batch: int) -> float:
+    """A bare loop of the same model and batch: random masks, forward, uint8, PIL."""
+    from PIL import Image
+
+    from facesynth.generators.vec2face import TOKENS
+
+    vectors = torch.from_numpy(np.random.default_rng(0).normal(0, 1.1, (images, 512)).astype(np.float32))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, images, batch):
+            x = vectors[first : first + batch]
+            noise = torch.rand(len(x), TOKENS)
+            order = noise.argsort(dim=1)
+            drop = torch.zeros_like(noise, dtype=torch.bool).scatter_(1, order[:, :5], True)
+            masked = torch.zeros_like(noise, dtype=torch.bool).scatter_(1, order[:, :12], True)
+            out = model(x, drop, masked)
+            pixels = ((out + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            [Image.fromarray(a) for a in pixels]
+    return images / (time.perf_counter() - start)
+
+
+def vec2face_main(args: argparse.Namespace) -> None:
+    """Vec2Face at the published size (random weights) and at the tiny size, CPU.
+
+    ratio_run = facesynth run (filters off) / bare loop of the same model and batch (target >= 0.95).
+    overhead_ms_per_image = main-thread time of the run outside the model, per image (sampling the
+    bank is before the timed part; variations, mask draws, encoding, writing and finalize are in it).
+    """
+    from facesynth.generators.vec2face import TINY_CONFIG, Vec2FaceConfig, build_model, build_random_vec2face
+
+    tmp = Path(tempfile.mkdtemp(prefix="facesynth-bench-v2f-"))
+    centres = tmp / "centres.npy"
+    np.save(centres, np.random.default_rng(0).normal(0, 1.1, (256, 512)).astype(np.float32))
+    results = []
+    for label, config in (("published", Vec2FaceConfig()), ("tiny", TINY_CONFIG)):
+        folder = tmp / label
+        build_random_vec2face(folder, config)
+        model = build_model(folder)
+        recipe = vec2face_recipe(folder, centres, tmp / f"out-{label}", args.images, args.batch)
+        samples: dict[str, list[float]] = {"bare": [], "run": [], "overhead": []}
+        for round_ in range(args.rounds + 1):  # round 0 warms up
+            bare = time_vec2face_bare(model, args.images, args.batch)
+            run, model_seconds = time_vec2face_run(recipe)
+            if round_:
+                samples["bare"].append(bare)
+                samples["run"].append(run)
+                n = max(1, args.images // 4) * 4
+                samples["overhead"].append((n / run - model_seconds) / n * 1000)
+        best = {key: statistics.median(values) for key, values in samples.items()}
+        results.append(
+            {
+                "model": label,
+                "bare_images_per_s": round(best["bare"], 2),
+                "facesynth_run_images_per_s": round(best["run"], 2),
+                "ratio_run": round(best["run"] / best["bare"], 3),
+                "overhead_ms_per_image": round(best["overhead"], 3),
+            }
+        )
+        shutil.rmtree(folder)
+    print(
+        json.dumps(
+            {
+                "device": "cpu",
+                "threads": args.threads,
+                "batch": args.batch,
+                "images": args.images,
+                "rounds": args.rounds,
+                "size": 112,
+                "results": results,
+                "target": "ratio_run >= 0.95 (published size); overhead <= 0.5 ms/image",
+            },
+            indent=2,
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vec2face", action="store_true", help="time Vec2Face (published size + tiny)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 112])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
@@ -118,6 +247,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.vec2face:
+        vec2face_main(args)
+        return
 
     from facesynth.generators import load_generator
     from facesynth.generators.tiny import build_tiny_checkpoints

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -90,6 +90,12 @@ class Generator(Protocol):
     dim: int
     batch_size: int
     embedding_space: str | None  # the Embedder.space its vectors live in (from its weights), if any
+    # "unit": only the direction of a vector matters (the generator normalises it); "raw": it takes
+    # un-normalised features whose norm carries meaning (Vec2Face: ArcFace features of norm ~20-30).
+    input_scale: ClassVar[Literal["unit", "raw"]]
+    # Per-image numbers the generator reports (e.g. whether an optimisation converged); written
+    # as dataset columns. Empty for most generators.
+    score_columns: tuple[str, ...]
 
     def generate(
         self,
@@ -97,6 +103,26 @@ class Generator(Protocol):
         seeds: Sequence[int],
         prompts: Sequence[str] | None = None,
     ) -> list[Image.Image]: ...
+
+    def image_scores(self) -> list[dict[str, float]]:
+        """The ``score_columns`` values of the images of the last ``generate`` call, in order."""
+        ...
+
+
+@runtime_checkable
+class RefinesIdentities(Protocol):
+    """A generator that adjusts each identity's vector once before its images are made.
+
+    Vec2Face's AttrOP refines identity centres (HSFace). ``refine_identities`` returns the new
+    vectors and a record per vector (values for the generator's ``score_columns``), and must
+    depend only on each vector and its seed.
+    """
+
+    refines_identities: bool
+
+    def refine_identities(
+        self, vectors: np.ndarray, seeds: Sequence[int]
+    ) -> tuple[np.ndarray, list[dict[str, float]]]: ...
 
 
 @runtime_checkable

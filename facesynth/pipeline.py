@@ -23,10 +23,17 @@ from typing import Any
 import numpy as np
 
 from facesynth import layout
-from facesynth.interfaces import BankConditionedGenerator, Candidate, Filter, FilterContext, Generator
+from facesynth.interfaces import (
+    BankConditionedGenerator,
+    Candidate,
+    Filter,
+    FilterContext,
+    Generator,
+    RefinesIdentities,
+)
 from facesynth.recipe import Recipe
 from facesynth.schema import CENTROID_PREFIX, dataset_features, rejected_features, unit_identity_features
-from facesynth.seeds import image_prompt, image_seed
+from facesynth.seeds import identity_seed, image_prompt, image_seed
 from facesynth.writer import EXTENSIONS, ParquetShardWriter, encode_image, write_table
 
 
@@ -103,15 +110,32 @@ class Worker:
     variation: Any
 
     def __post_init__(self) -> None:
-        self.columns = score_columns(self.filters)
+        self.columns = [*self.generator.score_columns, *score_columns(self.filters)]
         self.features = dataset_features(self.columns)
         self.rejected_features = rejected_features(self.columns)
+        # Identities refined by the generator (its record per identity); their bank rows change in a copy.
+        refines = isinstance(self.generator, RefinesIdentities) and self.generator.refines_identities
+        self.refined: dict[int, dict[str, float]] | None = {} if refines else None
+        if refines:
+            self.bank_vectors = np.array(self.bank_vectors, dtype=np.float32)
+
+    def refine(self, identities: np.ndarray) -> None:
+        """Let the generator refine, once each, the bank vectors of ``identities`` (seeded per identity)."""
+        assert self.refined is not None and isinstance(self.generator, RefinesIdentities)
+        todo = [int(i) for i in np.unique(identities) if int(i) not in self.refined]
+        if todo:
+            seeds = [identity_seed(self.recipe.seed, i) for i in todo]
+            vectors, records = self.generator.refine_identities(self.bank_vectors[todo], seeds)
+            self.bank_vectors[todo] = vectors
+            self.refined.update(zip(todo, records, strict=True))
 
     def candidates(self, jobs: Sequence[tuple[int, int]]) -> list[Candidate]:
         """Candidates for (identity, attempt) jobs: seed, varied vector and prompt of each."""
         seed = self.recipe.seed
         identities = np.array([i for i, _ in jobs], dtype=np.int64)
         attempts = np.array([a for _, a in jobs], dtype=np.int64)
+        if self.refined is not None:
+            self.refine(identities)
         vectors, cosines = self.variation.apply(self.bank_vectors, identities, attempts, seed)
         prompts = self.recipe.variations.prompts
         return [
@@ -122,6 +146,7 @@ class Worker:
                 vector=vectors[k],
                 prompt=image_prompt(prompts, seed, i, a) if prompts else None,
                 variation_cosine=float(cosines[k]),
+                scores=dict(self.refined[i]) if self.refined is not None else {},
             )
             for k, (i, a) in enumerate(jobs)
         ]
@@ -137,6 +162,9 @@ class Worker:
             images = self.generator.generate(vectors, seeds, prompts)
         for candidate, image in zip(candidates, images, strict=True):
             candidate.image = image
+        if self.generator.score_columns:
+            for candidate, scores in zip(candidates, self.generator.image_scores(), strict=True):
+                candidate.scores.update(scores)
 
     def row(self, c: Candidate) -> dict[str, Any]:
         """The dataset row of an accepted candidate (label is assigned at finalize)."""

@@ -269,11 +269,25 @@ def _validate_components(recipe: Recipe, lines: dict, source: str) -> None:
         from facesynth.identity.bank import BankOptions
 
         try:
-            BankOptions.model_validate(recipe.identities)
+            bank = BankOptions.model_validate(recipe.identities)
         except ValidationError as exc:
             _raise_validation(exc, BankOptions, ("identities",), lines, source)
         except UserInputError as exc:
             raise RecipeError(f"{_where(('identities',), lines, source)}identities: {exc}") from None
+        if generator is not None and generator.input_scale == "raw" and _unit_sampler(bank.sampler):
+            raise RecipeError(
+                f"{_where(('identities', 'sampler'), lines, source)}identities.sampler: generator "
+                f"'{recipe.generator.name}' takes raw, un-normalised features (their norm matters) but this "
+                "sampler draws unit vectors; use sampler {name: gaussian, reference: FEATURES.npy, normalize: false}"
+            )
+
+
+def _unit_sampler(spec: ComponentSpec | None) -> bool:
+    """Whether an identity sampler certainly draws unit vectors (sphere, images, normalised gaussian)."""
+    if spec is None:
+        return False
+    normalized_gaussian = spec.name == "gaussian" and spec.options.get("normalize", True) is not False
+    return spec.name in ("sphere", "images") or normalized_gaussian
 
 
 def parse_recipe(

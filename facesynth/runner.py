@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
@@ -180,6 +181,7 @@ def load_worker(out: Path, device: str | None = None) -> Worker:
         raise UserInputError(
             f"the identity bank has {bank.dim}-d vectors but the generator takes {generator.dim}-d"
         )
+    check_input_scale(generator, bank.vectors, out / layout.BANK)
     worker = Worker(
         out=Path(out),
         recipe=recipe,
@@ -191,6 +193,17 @@ def load_worker(out: Path, device: str | None = None) -> Worker:
     )
     _WORKERS[key] = worker
     return worker
+
+
+def check_input_scale(generator: Any, vectors: np.ndarray, path: Path) -> None:
+    """Refuse a bank of unit vectors for a generator that takes raw (un-normalised) features."""
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    if generator.input_scale == "raw" and len(norms) and np.allclose(norms, 1.0, atol=1e-3):
+        raise UserInputError(
+            f"{path}: the identity bank holds unit vectors but generator '{generator.name}' takes raw, "
+            "un-normalised features (their norm matters); draw the bank with a sampler that keeps the "
+            "scale (gaussian with normalize: false) or use a bank of raw features"
+        )
 
 
 def pending_units(out: Path, units: Iterable[int] | None = None) -> list[int]:

@@ -11,11 +11,18 @@ from facesynth.recipe import PromptOptions
 
 _SEED_SALT = 0x5EED
 _PROMPT_SALT = 0x9A0B
+_IDENTITY_SALT = 0x1DE7
 
 
 def image_seed(seed: int, identity: int, attempt: int) -> int:
     """The diffusion seed of attempt ``attempt`` of ``identity``: a 63-bit integer."""
     state = np.random.SeedSequence([seed, _SEED_SALT, identity, attempt]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+def identity_seed(seed: int, identity: int) -> int:
+    """The seed of work done once per identity (e.g. refining its vector): a 63-bit integer."""
+    state = np.random.SeedSequence([seed, _IDENTITY_SALT, identity]).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 

@@ -13,6 +13,7 @@ GENERATORS: Registry[Generator] = Registry(
         "tiny": "facesynth.generators.tiny:TinyGenerator",
         "arc2face": "facesynth.generators.arc2face:Arc2FaceGenerator",
         "ipadapter-faceid": "facesynth.generators.ipadapter_faceid:IPAdapterFaceIDGenerator",
+        "vec2face": "facesynth.generators.vec2face:Vec2FaceGenerator",
         "idiff-face": "facesynth.generators.idiff_face:IDiffFaceGenerator",
     },
 )

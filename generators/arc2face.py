@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -216,6 +216,8 @@ class Arc2FaceGenerator:
     # The identity vectors live in the space of Arc2Face's ArcFace (arcface.onnx): filters whose
     # embedder loads that same file compare images with the bank vector itself.
     embedding_space: str | None = None
+    input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
+    score_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Arc2FaceOptions, *, space_from_weights: bool = True) -> None:
         from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -324,6 +326,9 @@ class Arc2FaceGenerator:
         return identity_prompt_embeds(self.pipe.text_encoder, self.input_ids, self.id_token_id, v)
 
     @torch.inference_mode()
+    def image_scores(self) -> list[dict[str, float]]:
+        return []  # no score_columns
+
     def generate(
         self, vectors: np.ndarray, seeds: Sequence[int], prompts: Sequence[str] | None = None
     ) -> list[Image.Image]:

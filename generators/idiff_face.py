@@ -40,7 +40,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -649,6 +649,8 @@ class IDiffFaceGenerator:
     uses_prompts = False
     # Trained on ElasticFace-Arc embeddings of FFHQ; facesynth has no ElasticFace embedder to compare in.
     embedding_space: str | None = None
+    input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # ElasticFace-style unit embeddings
+    score_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: IDiffFaceOptions) -> None:
         self.options = options
@@ -773,6 +775,9 @@ class IDiffFaceGenerator:
 
     def needs_bank(self) -> bool:
         return self.options.guidance > 0 and self.options.negative != "empty"
+
+    def image_scores(self) -> list[dict[str, float]]:
+        return []  # no score_columns
 
     def generate(
         self, vectors: np.ndarray, seeds: Sequence[int], prompts: Sequence[str] | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -112,6 +112,8 @@ class IPAdapterFaceIDGenerator:
     name = "ipadapter-faceid"
     # Trained on insightface buffalo_l embeddings: the space of its w600k_r50.onnx.
     embedding_space: str | None = BUFFALO_L_SPACE
+    input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
+    score_columns: ClassVar[tuple[str, ...]] = ()
     dim = 512
     uses_prompts = True
 
@@ -201,6 +203,9 @@ class IPAdapterFaceIDGenerator:
         }
 
     @torch.inference_mode()
+    def image_scores(self) -> list[dict[str, float]]:
+        return []  # no score_columns
+
     def generate(
         self, vectors: np.ndarray, seeds: Sequence[int], prompts: Sequence[str | None] | None = None
     ) -> list[Image.Image]:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -336,6 +336,8 @@ class TinyGenerator:
     dim = 512
     uses_prompts = False
     embedding_space: str | None = None  # its own space, no embedder's: set from the weights' hash
+    input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
+    score_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: TinyOptions) -> None:
         self.options = options
@@ -364,6 +366,9 @@ class TinyGenerator:
         info["base_model"] = "facesynth tiny random Stable Diffusion 1.5 layout"
         info["note"] = "smoke-test generator with random weights: images are not faces"
         return info
+
+    def image_scores(self) -> list[dict[str, float]]:
+        return []  # no score_columns
 
     def generate(
         self, vectors: np.ndarray, seeds: Sequence[int], prompts: Sequence[str] | None = None

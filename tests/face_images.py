@@ -35,6 +35,8 @@ def _faces(size: int) -> tuple[np.ndarray, ...]:
 class FaceImagesGenerator:
     name = NAME
     dim = 512
+    input_scale = "unit"
+    score_columns: tuple[str, ...] = ()
     embedding_space = None  # pictures chosen by the vector, in no embedder's space
 
     class Options(StrictOptions):
@@ -70,6 +72,9 @@ class FaceImagesGenerator:
         self, vectors: np.ndarray, seeds: Sequence[int], prompts: Sequence[str] | None = None
     ) -> list[Image.Image]:
         return [self.image(v, s) for v, s in zip(vectors, seeds, strict=True)]
+
+    def image_scores(self) -> list[dict[str, float]]:
+        return []  # no score_columns
 
 
 def register() -> None:
