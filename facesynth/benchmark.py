@@ -88,7 +88,7 @@ def format_table(rows: list[tuple[str, tuple[float | None, ...]]]) -> str:
 
 def evaluate_run(run: Path, evalsets: list[Any], batch_size: int, device: str, progress: bool) -> dict:
     """Accuracies of a finished training run, cached in ``run/../eval.json`` for that very model file."""
-    from facesynth.filters.models import file_sha256
+    from facesynth.fingerprint import file_sha256
     from facesynth.recognition.embed import evaluate, load_model
 
     cache = run.parent / EVAL_FILE

@@ -19,8 +19,11 @@ import hashlib
 import json
 import os
 import threading
+import typing
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from facesynth import layout
 
@@ -60,7 +63,7 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     data["variations"]["vary"] = resolve_component(VARIATIONS, vary.name, vary.options)
     if recipe.identities is not None:
         data["identities"] = _resolve_nested(
-            BankOptions.model_validate(recipe.identities).model_dump(mode="json")
+            BankOptions.model_validate(recipe.identities).model_dump(mode="json"), BankOptions
         )
     for path in EXECUTION_KEYS:
         node = data
@@ -74,16 +77,29 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
 
 def resolve_component(registry: Any, name: str, options: dict[str, Any]) -> dict[str, Any]:
     """``{name, **options}`` with every option the component takes, defaults filled, nested ones too."""
-    resolved = registry.parse_options(name, options).model_dump(mode="json")
-    return {"name": name, **_resolve_nested(resolved)}
+    model = registry.options_model(name)
+    resolved = model.model_validate(options).model_dump(mode="json")
+    return {"name": name, **_resolve_nested(resolved, model)}
 
 
-def _resolve_nested(options: dict[str, Any]) -> dict[str, Any]:
+def _takes_component(annotation: Any) -> bool:
+    """Whether an option declared as ``annotation`` can hold a ``{name: ..., <options>}`` component."""
+    if annotation is Any or annotation is dict or typing.get_origin(annotation) is dict:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_takes_component(a) for a in typing.get_args(annotation))
+
+
+def _resolve_nested(options: dict[str, Any], model: Any) -> dict[str, Any]:
     from facesynth.filters import DETECTORS
     from facesynth.identity import EMBEDDERS, SAMPLERS
 
     registries = {"detector": DETECTORS, "embedder": EMBEDDERS, "sampler": SAMPLERS}
     for key in _NESTED:
+        field = model.model_fields.get(key)
+        if field is None or not _takes_component(field.annotation):  # e.g. a generator's `sampler: ddim`
+            continue
         spec = options.get(key)
         if isinstance(spec, str):
             spec = {"name": spec}

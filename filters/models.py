@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from facesynth.errors import ModelNotFoundError, UserInputError
+from facesynth.fingerprint import file_sha256
 from facesynth.interfaces import Detector, Embedder
 
 DLIB_INSTALL_HINT = "install them with: pip install 'facesynth[dlib]' (dlib-bin and face_recognition_models)"
@@ -78,22 +79,6 @@ def dlib_model(kind: str) -> Any:
     if kind == "resnet":
         return dlib.face_recognition_model_v1(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat"))
     raise ValueError(f"unknown dlib model {kind!r}")
-
-
-@functools.cache
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, computed once per process (keyed by path, size and modification time)."""
-    real = os.path.realpath(path)
-    stat = os.stat(real)
-    return _sha256_of(real, stat.st_size, stat.st_mtime_ns)
 
 
 def embedding_space(family: str, *model_files: str | Path) -> str:

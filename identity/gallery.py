@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from facesynth.errors import UserInputError
-from facesynth.filters.models import file_sha256
+from facesynth.fingerprint import file_sha256
 from facesynth.identity.separation import (
     Screen,
     WindowMax,

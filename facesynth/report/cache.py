@@ -37,7 +37,7 @@ def space_key(embedder_name: str, options: dict[str, Any], model_files: list[str
 
     The one place that names a space; the Embedder interface's own space id replaces it when it lands.
     """
-    from facesynth.identity.gallery import file_sha256
+    from facesynth.fingerprint import file_sha256
 
     hashes = [file_sha256(f)[:16] for f in model_files]
     opts = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]

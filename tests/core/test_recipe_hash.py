@@ -34,6 +34,14 @@ def test_spelled_out_defaults_hash_like_omitted_ones() -> None:
     assert _hash("filters.0.min_blur=100") != base
 
 
+def test_an_option_that_only_shares_a_components_key_stays_as_written() -> None:
+    """IDiff-Face's ``sampler: ddim`` is a diffusion sampler, not an identity sampler to resolve."""
+    from facesynth.generators import GENERATORS
+
+    resolved = fingerprint.resolve_component(GENERATORS, "idiff-face", {"model": "m", "sampler": "ddim"})
+    assert resolved["sampler"] == "ddim"
+
+
 def test_nested_embedder_defaults_are_filled() -> None:
     from facesynth.filters import FILTERS
 
