@@ -8,7 +8,7 @@ what survives. ``Detector`` and ``Embedder`` are the face models the filters and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -83,6 +83,15 @@ class Generator(Protocol):
     name: str
     dim: int
     batch_size: int
+    uses_prompts: ClassVar[bool]  # whether ``generate`` follows per-image text prompts
+
+    def describe(self) -> dict[str, Any]:
+        """What made the images, as loaded (resolved weights and revisions, steps, dtype, ...).
+
+        Recorded in every unit's done-marker and the card; ``finalize`` refuses units whose
+        descriptions differ in anything but ``*_path`` keys.
+        """
+        ...
 
     def generate(
         self,
@@ -134,6 +143,9 @@ class FilterContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+DatasetPass = Callable[[Any, np.ndarray, dict[str, np.ndarray]], dict[int, str]]
+
+
 @runtime_checkable
 class Filter(Protocol):
     """Scores a batch of candidates in place and rejects the ones that fail.
@@ -142,10 +154,16 @@ class Filter(Protocol):
     ``candidate.scores`` under the names in ``score_columns`` (NaN when not computed), and calls
     ``candidate.reject(self.name, reason)``. ``accept`` is called, in order, for every candidate
     that passed all filters, so stateful filters (duplicates, centroids) can remember it.
+
+    ``dataset_pass`` is None, or a model-free check across units run by ``finalize`` on stored
+    columns only (it never loads a face model): ``dataset_pass(options, identities, centroids)``
+    with the filter's validated options, the kept identities (sorted) and, per embedding key, their
+    [K, D] centroids; it returns the identities to drop with the reason.
     """
 
     name: str
     score_columns: ClassVar[tuple[str, ...]] | tuple[str, ...]
+    dataset_pass: ClassVar[DatasetPass | None]
 
     def __call__(self, batch: Sequence[Candidate], context: FilterContext) -> None: ...
 

@@ -268,7 +268,6 @@ class UnitRun:
             }
             for i in self.identities
         ]
-        describe = getattr(worker.generator, "describe", None)
         return write_unit(
             worker,
             self.unit,
@@ -278,7 +277,7 @@ class UnitRun:
             generated=self.generated,
             started=self.started,
             generator_seconds=self.generator_seconds,
-            generator=describe() if describe else {"generator": worker.generator.name},
+            generator=worker.generator.describe(),
         )
 
 

@@ -260,7 +260,7 @@ def _validate_components(recipe: Recipe, lines: dict, source: str) -> None:
         except ValidationError as exc:
             _raise_validation(exc, model, prefix, lines, source)
     generator = GENERATORS.get(recipe.generator.name) if recipe.generator is not None else None
-    if recipe.variations.prompts is not None and not getattr(generator, "uses_prompts", True):
+    if recipe.variations.prompts is not None and generator is not None and not generator.uses_prompts:
         raise RecipeError(
             f"{_where(('variations', 'prompts'), lines, source)}variations.prompts: generator "
             f"'{recipe.generator.name}' takes no text prompts (use ipadapter-faceid for prompt control)"

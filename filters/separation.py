@@ -10,10 +10,12 @@ import numpy as np
 from facesynth.filters.embedding import (
     EmbeddingFilter,
     accepted_centroid,
+    default_threshold,
     in_generator_space,
     threshold,
     unit,
 )
+from facesynth.filters.models import split_spec
 from facesynth.interfaces import Candidate, FilterContext
 from facesynth.registry import StrictOptions
 
@@ -103,8 +105,18 @@ class SeparationFilter(EmbeddingFilter):
                     f"separation cosine {cosine:.2f} > {self.max_cosine:g} (identity {others_ids[best]})",
                 )
 
-    def dataset_pass(self, identities: np.ndarray, centroids: dict[str, np.ndarray]) -> dict[int, str]:
-        """Identities to drop because their centroid collides with an earlier kept identity."""
-        if not self.options.dataset_pass or self.embedder.name not in centroids or len(identities) < 2:
+    @classmethod
+    def dataset_pass(  # type: ignore[override]
+        cls, options: Options, identities: np.ndarray, centroids: dict[str, np.ndarray]
+    ) -> dict[int, str]:
+        """Identities to drop because their centroid collides with an earlier kept identity.
+
+        Model-free: the embedder's key and threshold come from the options, not a loaded model.
+        """
+        key, _ = split_spec(options.embedder)
+        if not options.dataset_pass or key not in centroids or len(identities) < 2:
             return {}
-        return colliding_identities(np.asarray(identities), centroids[self.embedder.name], self.max_cosine)
+        max_cosine = (
+            options.max_cosine if options.max_cosine is not None else default_threshold(cls.name, key)
+        )
+        return colliding_identities(np.asarray(identities), centroids[key], max_cosine)

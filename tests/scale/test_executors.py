@@ -227,6 +227,7 @@ class FailWhileFlagFilter:
 
     name = "test-fail-while-flag"
     score_columns = ()
+    dataset_pass = None
 
     class Options(StrictOptions):
         identity: int
