@@ -50,7 +50,6 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     from facesynth.filters import FILTERS
     from facesynth.generators import GENERATORS
     from facesynth.identity import VARIATIONS
-    from facesynth.identity.bank import BankOptions
 
     data = recipe.to_dict()
     if recipe.generator is not None:
@@ -59,9 +58,7 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     vary = recipe.variations.vary
     data["variations"]["vary"] = resolve_component(VARIATIONS, vary.name, vary.options)
     if recipe.identities is not None:
-        data["identities"] = _resolve_nested(
-            BankOptions.model_validate(recipe.identities).model_dump(mode="json")
-        )
+        data["identities"] = _resolve_nested(recipe.identities.model_dump(mode="json"))
     for path in EXECUTION_KEYS:
         node = data
         for key in path[:-1]:
