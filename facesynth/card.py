@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from datasets import Features
 
 from facesynth import layout
 from facesynth.recipe import Recipe
+
+if TYPE_CHECKING:
+    from huggingface_hub import DatasetCardData
 
 
 def _size_category(n: int) -> str:
@@ -25,11 +28,17 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def card_metadata(features: Features, stats: dict[str, Any]) -> dict[str, Any]:
+def card_metadata(features: Features, stats: dict[str, Any]) -> DatasetCardData:
     """The card's YAML header: where the data files are, and the features (from the one declaration)."""
-    return {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-        "dataset_info": {
+    from huggingface_hub import DatasetCardData
+
+    return DatasetCardData(
+        pretty_name=stats["recipe_name"],
+        task_categories=["image-classification"],
+        size_categories=[_size_category(stats["images_kept"])],
+        tags=["synthetic", "face-recognition", "facesynth"],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        dataset_info={
             "features": features._to_yaml_list(),
             "splits": [
                 {
@@ -39,11 +48,7 @@ def card_metadata(features: Features, stats: dict[str, Any]) -> dict[str, Any]:
                 }
             ],
         },
-        "task_categories": ["image-classification"],
-        "tags": ["synthetic", "face-recognition", "facesynth"],
-        "size_categories": [_size_category(stats["images_kept"])],
-        "pretty_name": stats["recipe_name"],
-    }
+    )
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -51,7 +56,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def render_card(recipe: Recipe, features: Features, stats: dict[str, Any]) -> str:
-    header = yaml.safe_dump(card_metadata(features, stats), sort_keys=False)
+    header = card_metadata(features, stats).to_yaml() + "\n"
     generator = recipe.generator.name if recipe.generator else "none (filtered an existing dataset)"
     pass_rates = "\n".join(
         f"| `{name}` | {'-' if rate is None else f'{rate:.1%}'} | {stats['rejected_by'].get(name, 0)} |"

@@ -259,10 +259,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         plan = upload_plan(args.out)
-        for n, commit in enumerate(plan.commits, start=1):
-            print(f"commit {n} of {len(plan.commits)}: {len(commit)} file(s)")
-            for name in commit:
-                print(f"  {name}  ({plan.files[name]:,} bytes)")
+        print("resumable upload, in commits of the library's size:")
+        for name in plan.data:
+            print(f"  {name}  ({plan.files[name]:,} bytes)")
+        print(f"then, in the last commit: {layout.CARD}  ({plan.files[layout.CARD]:,} bytes)")
         print(f"{len(plan.files)} files, {plan.total_bytes / 1e9:.2f} GB -> datasets/{args.repo}")
         return 0
     url = push(args.out, args.repo, private=args.private, revision=args.revision)

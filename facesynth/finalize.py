@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,17 +104,18 @@ def finalize(out: str | Path) -> dict[str, Any]:
     recipe = load_recipe(out / layout.RECIPE, need_generation=False)
     units = _read_units(out, run["num_units"])
     check_one_generator(out, units)
-    from facesynth.filters import FILTERS, load_filter
+    from facesynth.filters import FILTERS
     from facesynth.identity.bank import IdentityBank
 
-    # The columns travel in the unit files; only filters with a dataset-wide pass are built, as
-    # building a filter can load models (detectors, embedders).
+    # The columns travel in the unit files; dataset-wide passes work on stored centroids only, so
+    # no filter is built here (building one can load face models).
     features = features_of(layout.unit_stem(out, 0).with_suffix(".parquet"))
     columns = score_columns_of(features)
+    spaces = units[0].get("dataset_pass_spaces", {}) if units else {}
     passes = [
-        load_filter(f.name, **f.options)
+        (spaces.get(f.name), partial(dataset_pass, FILTERS.parse_options(f.name, f.options)))
         for f in recipe.filters
-        if hasattr(FILTERS.get(f.name), "dataset_pass")
+        if (dataset_pass := FILTERS.get(f.name).dataset_pass) is not None
     ]
 
     tables = [_read(layout.unit_stem(out, u).with_suffix(".identities.parquet")) for u in range(len(units))]
@@ -133,9 +135,9 @@ def finalize(out: str | Path) -> dict[str, Any]:
     # Dataset-wide checks across units (class separation) on every kept identity's centroid.
     all_centroids = _centroids(tables, set(kept_ids.tolist()))
     dataset_dropped: dict[int, str] = {}
-    for f in passes:
+    for space, f in passes:
         if len(kept_ids):
-            dataset_dropped.update(f.dataset_pass(kept_ids, all_centroids))  # type: ignore[attr-defined]
+            dataset_dropped.update(f(kept_ids, all_centroids.get(space)))
     drop_reason.update(dataset_dropped)
     kept_ids = np.array([i for i in kept_ids.tolist() if i not in drop_reason], dtype=np.int64)
     label_of = {int(i): label for label, i in enumerate(sorted(kept_ids.tolist()))}

@@ -40,6 +40,8 @@ _NESTED = ("detector", "embedder", "sampler")
 _CACHE_FILE = "file-sha256.json"
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] = {}
+_dirty: set[str] = set()
+CACHE_MIN_BYTES = 1 << 20
 
 
 def recipe_hash(recipe: Any) -> str:
@@ -53,7 +55,6 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     from facesynth.filters import FILTERS
     from facesynth.generators import GENERATORS
     from facesynth.identity import VARIATIONS
-    from facesynth.identity.bank import BankOptions
 
     data = recipe.to_dict()
     if recipe.generator is not None:
@@ -63,7 +64,7 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     data["variations"]["vary"] = resolve_component(VARIATIONS, vary.name, vary.options)
     if recipe.identities is not None:
         data["identities"] = _resolve_nested(
-            BankOptions.model_validate(recipe.identities).model_dump(mode="json"), BankOptions
+            recipe.identities.model_dump(mode="json"), type(recipe.identities)
         )
     for path in EXECUTION_KEYS:
         node = data
@@ -125,7 +126,7 @@ def _local_paths(node: Any, key: str = "") -> set[str]:
 
 
 def path_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's visible files (relative names and contents), cached."""
+    """sha256 of a file, or of a folder's visible files (relative names and contents)."""
     if path.is_file():
         return file_sha256(path)
     digest = hashlib.sha256()
@@ -133,7 +134,8 @@ def path_sha256(path: Path) -> str:
         relative = file.relative_to(path)
         if any(part.startswith(".") for part in relative.parts):  # caches of tools, temporary files
             continue
-        digest.update(f"{relative.as_posix()}\0{file_sha256(file)}\n".encode())
+        digest.update(f"{relative.as_posix()}\0{file_sha256(file, save=False)}\n".encode())
+    _save_cache()  # once per folder, not once per file
     return digest.hexdigest()
 
 
@@ -141,26 +143,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FACESYNTH_CACHE") or Path.home() / ".cache" / "facesynth")
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read once per (path, size, mtime) on this machine."""
+def file_sha256(path: Path, save: bool = True) -> str:
+    """sha256 of a file's bytes; files of CACHE_MIN_BYTES and more are read once per (path, size, mtime)."""
     real = Path(path).resolve()
     stat = real.stat()
     key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    with _lock:
-        if not _memory:
-            _memory.update(_read_cache())
-        known = _memory.get(str(real))
-    if known is not None and all(known.get(k) == v for k, v in key.items()):
-        return known["sha256"]
+    cached = (
+        stat.st_size >= CACHE_MIN_BYTES
+    )  # small files (images of a folder) cost less to read than to cache
+    if cached:
+        with _lock:
+            if not _memory:
+                _memory.update(_read_cache())
+            known = _memory.get(str(real))
+        if known is not None and all(known.get(k) == v for k, v in key.items()):
+            return known["sha256"]
     digest = hashlib.sha256()
     with open(real, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
+    if cached:
+        with _lock:
+            _memory[str(real)] = {**key, "sha256": digest.hexdigest()}
+            _dirty.add(str(real))
+        if save:
+            _save_cache()
+    return digest.hexdigest()
+
+
+def _save_cache() -> None:
     with _lock:
-        _memory[str(real)] = {**key, "sha256": digest.hexdigest()}
+        if not _dirty:
+            return
         with contextlib.suppress(OSError):  # a read-only home: the hash is still right, only not remembered
             layout.atomic_write_json(cache_dir() / _CACHE_FILE, _memory)
-    return digest.hexdigest()
+        _dirty.clear()
 
 
 def _read_cache() -> dict[str, dict[str, Any]]:

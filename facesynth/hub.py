@@ -1,11 +1,13 @@
-"""Upload a finished dataset folder to the Hugging Face Hub, resumably, in planned commits.
+"""Upload a finished dataset folder to the Hugging Face Hub: resumable, in several commits, card last.
 
-The plan is computed offline from the folder: which files go up, under which path, in which
-commit. Each commit is one ``HfApi.upload_folder`` call restricted to its files; files already on
-the Hub with the same content are skipped by the library, so re-running ``push`` after an
-interruption resumes where it stopped. Shards go first and the dataset card last, so the Hub shows
-the dataset only once its data is there. The token comes from huggingface_hub's usual sources
-(``HF_TOKEN``, ``hf auth login``); facesynth never reads, prints or stores it.
+``upload_plan`` lists offline what goes up and refuses layouts the Hub cannot hold. ``push`` then
+uploads everything but the dataset card with the library's resumable multi-commit upload
+(``HfApi.upload_large_folder`` in huggingface_hub 1.x; in 2.x ``upload_folder`` itself became
+resumable and multi-commit and ``upload_large_folder`` went away): re-running ``push`` after an
+interruption skips what is already there. The card goes last, in one commit that also deletes shards
+of an earlier version of the dataset, so the Hub shows the new dataset only once its data is there.
+The token comes from huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``); facesynth
+never reads, prints or stores it.
 """
 
 from __future__ import annotations
@@ -23,21 +25,23 @@ from facesynth.errors import FacesynthError, UserInputError
 MAX_ENTRIES_PER_FOLDER = 10_000
 MAX_FILES_PER_REPO = 100_000
 MAX_FILE_BYTES = 50 * 10**9  # hard limit; 20 GB and less recommended
-FILES_PER_COMMIT = 50  # the Hub recommends < 100 files per commit
-BYTES_PER_COMMIT = 20 * 10**9
 
 
 @dataclass
 class UploadPlan:
-    """Files of a dataset folder (repo path -> size in bytes) and the commits that carry them."""
+    """Files of a dataset folder (repo path -> size in bytes), in upload order: the card last."""
 
     folder: Path
     files: dict[str, int] = field(default_factory=dict)
-    commits: list[list[str]] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
         return sum(self.files.values())
+
+    @property
+    def data(self) -> list[str]:
+        """Everything but the card, shards first."""
+        return [name for name in sorted(self.files, key=_order) if name != layout.CARD]
 
 
 def _order(path: str) -> tuple[int, str]:
@@ -49,10 +53,8 @@ def _order(path: str) -> tuple[int, str]:
     return 1, path
 
 
-def upload_plan(
-    out: str | Path, files_per_commit: int = FILES_PER_COMMIT, bytes_per_commit: int = BYTES_PER_COMMIT
-) -> UploadPlan:
-    """What ``push`` uploads: every visible file of a finalized output, in commits of bounded size.
+def upload_plan(out: str | Path) -> UploadPlan:
+    """What ``push`` uploads: every visible file of a finalized output.
 
     Refuses an unfinished output and layouts the Hub cannot hold (10k entries per folder).
     """
@@ -93,17 +95,8 @@ def upload_plan(
     if too_big:
         raise UserInputError(f"{too_big[0]} is larger than the Hub's 50 GB file limit; use smaller shards")
 
-    batch: list[str] = []
-    batch_bytes = 0
-    for name in sorted(plan.files, key=_order):
-        size = plan.files[name]
-        if batch and (len(batch) >= files_per_commit or batch_bytes + size > bytes_per_commit):
-            plan.commits.append(batch)
-            batch, batch_bytes = [], 0
-        batch.append(name)
-        batch_bytes += size
-    if batch:
-        plan.commits.append(batch)
+    if layout.CARD not in plan.files:
+        raise UserInputError(f"{folder} has no {layout.CARD}; run `facesynth finalize {folder}` again")
     return plan
 
 
@@ -114,32 +107,39 @@ def push(
     revision: str | None = None,
     api: Any = None,
 ) -> str:
-    """Create the dataset repo if needed and upload ``out`` along its plan; returns the repo URL."""
-    from huggingface_hub import HfApi
+    """Create the dataset repo if needed and upload ``out``, the card last; returns the repo URL.
+
+    ``api`` is an ``huggingface_hub.HfApi`` (default: a new one with the usual token sources).
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise UserInputError(f"--repo expects ORG/NAME (or USER/NAME), got '{repo_id}'")
     plan = upload_plan(out)
     api = api or HfApi()
+    where = {"repo_id": repo_id, "repo_type": "dataset", "revision": revision}
     try:
         url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
-        remote = set(api.list_repo_files(repo_id, repo_type="dataset", revision=revision))
+        remote = set(api.list_repo_files(**where))
         # Shards of an earlier, different version of the dataset would mix with ours: remove them.
         stale = sorted(p for p in remote if p.startswith(f"{layout.DATA}/") and p not in plan.files)
-        for n, commit in enumerate(plan.commits, start=1):
-            last = n == len(plan.commits)
+        data = [glob.escape(name) for name in plan.data]
+        if hasattr(api, "upload_large_folder"):  # huggingface_hub 1.x
+            api.upload_large_folder(folder_path=plan.folder, allow_patterns=data, private=private, **where)
+        else:  # huggingface_hub 2.x: upload_folder is the resumable, multi-commit upload
             api.upload_folder(
-                repo_id=repo_id,
-                repo_type="dataset",
-                folder_path=plan.folder,
-                revision=revision,
-                allow_patterns=[glob.escape(name) for name in commit],
-                delete_patterns=[glob.escape(name) for name in stale] if last and stale else None,
-                commit_message=f"facesynth: upload part {n} of {len(plan.commits)}",
+                folder_path=plan.folder, allow_patterns=data, commit_message="facesynth: upload data", **where
             )
+        card = [CommitOperationAdd(path_in_repo=layout.CARD, path_or_fileobj=str(plan.folder / layout.CARD))]
+        api.create_commit(
+            operations=[*card, *(CommitOperationDelete(path_in_repo=p) for p in stale)],
+            commit_message="facesynth: dataset card"
+            + (f", remove {len(stale)} old shard(s)" if stale else ""),
+            **where,
+        )
     except OfflineModeIsEnabled:
         raise UserInputError("HF_HUB_OFFLINE is set: unset it to push to the Hub") from None
     except HfHubHTTPError as exc:

@@ -8,7 +8,7 @@ what survives. ``Detector`` and ``Embedder`` are the face models the filters and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -96,6 +96,15 @@ class Generator(Protocol):
     # Per-image numbers the generator reports (e.g. whether an optimisation converged); written
     # as dataset columns. Empty for most generators.
     score_columns: tuple[str, ...]
+    uses_prompts: ClassVar[bool]  # whether ``generate`` follows per-image text prompts
+
+    def describe(self) -> dict[str, Any]:
+        """What made the images, as loaded (resolved weights and revisions, steps, dtype, ...).
+
+        Recorded in every unit's done-marker and the card; ``finalize`` refuses units whose
+        descriptions differ in anything but ``*_path`` keys.
+        """
+        ...
 
     def generate(
         self,
@@ -186,6 +195,9 @@ class FilterContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+DatasetPass = Callable[[Any, np.ndarray, np.ndarray | None], dict[int, str]]
+
+
 @runtime_checkable
 class Filter(Protocol):
     """Scores a batch of candidates in place and rejects the ones that fail.
@@ -196,10 +208,18 @@ class Filter(Protocol):
     that passed all filters, so stateful filters (duplicates, centroids) can remember it.
     The pipeline calls the filters with all of one identity's candidates of one round, in attempt
     order, identities in order: never a grouping that depends on the generator's batch size.
+
+    ``dataset_pass`` is None, or a model-free check across units run by ``finalize`` on stored
+    columns only (it never loads a face model): ``dataset_pass(options, identities, centroids)``
+    with the filter's validated options, the kept identities (sorted) and their [K, D] centroids in the
+    filter's ``space`` (None when no unit stored any); it returns the identities to drop with the reason.
+    A filter with a dataset pass also has ``space``, the ``Embedder.space`` it scores in: each unit's
+    done-marker records it, so ``finalize`` finds the centroids without building the filter.
     """
 
     name: str
     score_columns: ClassVar[tuple[str, ...]] | tuple[str, ...]
+    dataset_pass: ClassVar[DatasetPass | None]
 
     def __call__(self, batch: Sequence[Candidate], context: FilterContext) -> None: ...
 

@@ -327,7 +327,6 @@ class UnitRun:
             }
             for i in self.identities
         ]
-        describe = getattr(worker.generator, "describe", None)
         return write_unit(
             worker,
             self.unit,
@@ -337,7 +336,7 @@ class UnitRun:
             generated=self.generated,
             started=self.started,
             generator_seconds=self.generator_seconds,
-            generator=describe() if describe else {"generator": worker.generator.name},
+            generator=worker.generator.describe(),
         )
 
 
@@ -472,5 +471,7 @@ def write_unit(
         timings={"filters": state.filter_seconds, "encode": state.encode_seconds},
     )
     marker = result.__dict__ if generator is None else {**result.__dict__, "generator": generator}
+    # Where finalize finds each dataset pass's centroids without building the filter (and its model).
+    marker["dataset_pass_spaces"] = {f.name: f.space for f in worker.filters if f.dataset_pass is not None}
     layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), marker)
     return result

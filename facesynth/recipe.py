@@ -9,29 +9,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, create_model, field_validator, model_validator
 
 from facesynth.errors import RecipeError, UserInputError
-from facesynth.registry import Registry, StrictOptions, did_you_mean
-
-
-class ComponentSpec(StrictOptions):
-    """A component chosen by name, with its options (validated by the component)."""
-
-    model_config = StrictOptions.model_config | {"extra": "allow"}
-    name: str
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+from facesynth.identity.options import BankOptions
+from facesynth.registry import ComponentSpec, Registry, StrictOptions, did_you_mean
 
 
 class OutputOptions(StrictOptions):
@@ -101,7 +86,7 @@ class Recipe(StrictOptions):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
     output: OutputOptions = Field(default_factory=OutputOptions)
-    identities: dict[str, Any] | None = None  # validated by facesynth.identity.bank.BankOptions
+    identities: BankOptions | None = None
     generator: ComponentSpec | None = None
     variations: VariationOptions = Field(default_factory=VariationOptions)
     filters: list[ComponentSpec] = Field(default_factory=list)
@@ -117,10 +102,9 @@ class Recipe(StrictOptions):
                 raise ValueError(f"filter '{name}' is listed twice")
         return filters
 
-    def bank_options(self) -> Any:
-        from facesynth.identity.bank import BankOptions
-
-        return BankOptions.model_validate(self.identities)
+    def bank_options(self) -> BankOptions:
+        assert self.identities is not None
+        return self.identities
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
@@ -260,26 +244,23 @@ def _validate_components(recipe: Recipe, lines: dict, source: str) -> None:
         except ValidationError as exc:
             _raise_validation(exc, model, prefix, lines, source)
     generator = GENERATORS.get(recipe.generator.name) if recipe.generator is not None else None
-    if recipe.variations.prompts is not None and not getattr(generator, "uses_prompts", True):
+    if recipe.variations.prompts is not None and generator is not None and not generator.uses_prompts:
         raise RecipeError(
             f"{_where(('variations', 'prompts'), lines, source)}variations.prompts: generator "
             f"'{recipe.generator.name}' takes no text prompts (use ipadapter-faceid for prompt control)"
         )
-    if recipe.identities is not None:
-        from facesynth.identity.bank import BankOptions
-
-        try:
-            bank = BankOptions.model_validate(recipe.identities)
-        except ValidationError as exc:
-            _raise_validation(exc, BankOptions, ("identities",), lines, source)
-        except UserInputError as exc:
-            raise RecipeError(f"{_where(('identities',), lines, source)}identities: {exc}") from None
-        if generator is not None and generator.input_scale == "raw" and _unit_sampler(bank.sampler):
-            raise RecipeError(
-                f"{_where(('identities', 'sampler'), lines, source)}identities.sampler: generator "
-                f"'{recipe.generator.name}' takes raw, un-normalised features (their norm matters) but this "
-                "sampler draws unit vectors; use sampler {name: gaussian, reference: FEATURES.npy, normalize: false}"
-            )
+    bank = recipe.identities
+    if (
+        bank is not None
+        and generator is not None
+        and generator.input_scale == "raw"
+        and _unit_sampler(bank.sampler)
+    ):
+        raise RecipeError(
+            f"{_where(('identities', 'sampler'), lines, source)}identities.sampler: generator "
+            f"'{recipe.generator.name}' takes raw, un-normalised features (their norm matters) but this "
+            "sampler draws unit vectors; use sampler {name: gaussian, reference: FEATURES.npy, normalize: false}"
+        )
 
 
 def _unit_sampler(spec: ComponentSpec | None) -> bool:
@@ -338,12 +319,41 @@ def load_recipe(
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    """JSON Schema of recipes, for editors (the ``identities`` section is the bank's own schema)."""
-    from facesynth.identity.bank import BankOptions
+    """JSON Schema of recipes, for editors: every component section is a union of the registered
+    components' options, discriminated by ``name`` (nested detectors and embedders too)."""
+    from facesynth.executors import EXECUTORS
+    from facesynth.filters import DETECTORS, FILTERS
+    from facesynth.generators import GENERATORS
+    from facesynth.identity import EMBEDDERS, SAMPLERS, VARIATIONS
 
     schema = Recipe.model_json_schema()
-    bank = BankOptions.model_json_schema()
-    schema.setdefault("$defs", {}).update(bank.pop("$defs", {}))
-    schema["$defs"]["BankOptions"] = bank
-    schema["properties"]["identities"] = {"anyOf": [{"$ref": "#/$defs/BankOptions"}, {"type": "null"}]}
+    defs = schema.setdefault("$defs", {})
+
+    def union(registry: Registry) -> dict[str, Any]:
+        """``name`` alone, or ``{name: ..., <that component's options>}``."""
+        names = registry.names()
+        specs = [
+            create_model(
+                f"{registry.kind}_{name}".replace("-", "_"),
+                __base__=registry.options_model(name),
+                name=(Literal[name], Field(description=f"{registry.kind} '{name}'")),  # type: ignore[valid-type]
+            )
+            for name in names
+        ]
+        adapter = TypeAdapter(Annotated[Union[tuple(specs)], Field(discriminator="name")])  # noqa: UP007
+        one_of = adapter.json_schema(ref_template="#/$defs/{model}")
+        defs.update(one_of.pop("$defs", {}))
+        return {"anyOf": [{"type": "string", "enum": names}, one_of]}
+
+    nested = {"detector": union(DETECTORS), "embedder": union(EMBEDDERS)}
+    properties = schema["properties"]
+    properties["generator"] = {"anyOf": [union(GENERATORS), {"type": "null"}]}
+    properties["filters"] = {"type": "array", "items": union(FILTERS)}
+    properties["executor"] = union(EXECUTORS)
+    defs["VariationOptions"]["properties"]["vary"] = union(VARIATIONS)
+    defs["BankOptions"]["properties"]["sampler"] = {"anyOf": [union(SAMPLERS), {"type": "null"}]}
+    for definition in defs.values():
+        for key, value in nested.items():
+            if key in definition.get("properties", {}):
+                definition["properties"][key] = value
     return schema

@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from facesynth.errors import UserInputError
 
@@ -23,6 +23,22 @@ class StrictOptions(BaseModel):
     """Base for component options: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentSpec(StrictOptions):
+    """A component chosen by name, with its options (validated by the component)."""
+
+    model_config = StrictOptions.model_config | {"extra": "allow"}
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:

@@ -145,8 +145,8 @@ def _check_dims(recipe: Recipe, dim: int) -> None:
     assert recipe.generator is not None
     from facesynth.generators import GENERATORS
 
-    expected = getattr(GENERATORS.get(recipe.generator.name), "dim", None)
-    if expected is not None and expected != dim:
+    expected = GENERATORS.get(recipe.generator.name).dim
+    if expected != dim:
         raise UserInputError(
             f"the identity bank has {dim}-d vectors but generator '{recipe.generator.name}' takes {expected}-d"
         )

@@ -24,13 +24,16 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 
 def threshold(filter_name: str, embedder: Embedder, value: float | None) -> float:
     """``value`` if given, else the default of ``filter_name`` for this embedder."""
-    if value is not None:
-        return value
+    return value if value is not None else default_threshold(filter_name, embedder.name)
+
+
+def default_threshold(filter_name: str, embedder_name: str) -> float:
+    """The default threshold of ``filter_name`` for the embedder called ``embedder_name``."""
     try:
-        return DEFAULT_THRESHOLDS[embedder.name][filter_name]
+        return DEFAULT_THRESHOLDS[embedder_name][filter_name]
     except KeyError:
         raise UserInputError(
-            f"filter '{filter_name}' has no default threshold for embedder '{embedder.name}'; set it in the recipe"
+            f"filter '{filter_name}' has no default threshold for embedder '{embedder_name}'; set it in the recipe"
         ) from None
 
 
@@ -91,11 +94,17 @@ class EmbeddingFilter:
     """Base of the filters that compare face embeddings; ``embedder`` is a name or a mapping."""
 
     name = "embedding"
+    dataset_pass = None  # no check across units
 
     def __init__(self, options: Any) -> None:
         self.options = options
         self.embedder: Embedder = get_embedder(options.embedder)
         self.embedder_name = split_spec(options.embedder)[0]
+
+    @property
+    def space(self) -> str:
+        """The embedding space this filter scores in (its embedder's)."""
+        return self.embedder.space
 
     def embeddings(self, batch: Sequence[Candidate]) -> list[Candidate]:
         return embed_candidates(self.embedder, batch, self.name)

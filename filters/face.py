@@ -21,6 +21,7 @@ class FaceFilter:
     """Detects faces, rejects images with none or several, and stores the aligned crop."""
 
     name = "face"
+    dataset_pass = None  # no check across units
     score_columns = ("face_score", "face_count")
 
     class Options(StrictOptions):

@@ -22,6 +22,7 @@ class FIQAFilter:
     """Scores each aligned face with an ONNX quality model; rejects scores below ``min_score``."""
 
     name = "fiqa-onnx"
+    dataset_pass = None  # no check across units
     score_columns = ("fiqa_score",)
 
     class Options(StrictOptions):

@@ -100,6 +100,7 @@ class QualityFilter:
     """Rejects blurry, badly exposed, small or strongly turned faces; each check is off when None."""
 
     name = "quality"
+    dataset_pass = None  # no check across units
     score_columns = (
         "quality_blur",
         "quality_underexposed",

@@ -10,10 +10,12 @@ import numpy as np
 from facesynth.filters.embedding import (
     EmbeddingFilter,
     accepted_centroid,
+    default_threshold,
     in_generator_space,
     threshold,
     unit,
 )
+from facesynth.filters.models import split_spec
 from facesynth.interfaces import Candidate, FilterContext
 from facesynth.registry import StrictOptions
 
@@ -103,11 +105,19 @@ class SeparationFilter(EmbeddingFilter):
                     f"separation cosine {cosine:.2f} > {self.max_cosine:g} (identity {others_ids[best]})",
                 )
 
-    def dataset_pass(self, identities: np.ndarray, centroids: dict[str, np.ndarray]) -> dict[int, str]:
+    @classmethod
+    def dataset_pass(  # type: ignore[override]
+        cls, options: Options, identities: np.ndarray, centroids: np.ndarray | None
+    ) -> dict[int, str]:
         """Identities to drop because their centroid collides with an earlier kept identity.
 
-        ``centroids`` maps an embedding space (``Embedder.space``) to [K, D] centroids."""
-        space = self.embedder.space
-        if not self.options.dataset_pass or space not in centroids or len(identities) < 2:
+        Model-free: ``centroids`` are the stored ones of this filter's space (its units' done-markers
+        name it), and the threshold comes from the options, not a loaded model.
+        """
+        if not options.dataset_pass or centroids is None or len(identities) < 2:
             return {}
-        return colliding_identities(np.asarray(identities), centroids[space], self.max_cosine)
+        key, _ = split_spec(options.embedder)
+        max_cosine = (
+            options.max_cosine if options.max_cosine is not None else default_threshold(cls.name, key)
+        )
+        return colliding_identities(np.asarray(identities), centroids, max_cosine)

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError, field_validator, model_validator
 
 from facesynth import layout
 from facesynth.errors import UserInputError
@@ -35,6 +34,7 @@ from facesynth.identity.int8_screen import (
     int8_screen_available,
 )
 from facesynth.identity.int8_screen import resolve_in_order as resolve_in_order_int8
+from facesynth.identity.options import BankOptions
 from facesynth.identity.separation import (
     SAFETY,
     SCREEN_DTYPE,
@@ -48,10 +48,9 @@ from facesynth.identity.separation import (
     screen_against,
     unit_rows,
 )
-from facesynth.identity.spread import SpreadOptions, spread_vectors
+from facesynth.identity.spread import spread_vectors
 from facesynth.interfaces import IdentitySampler
-from facesynth.recipe import ComponentSpec
-from facesynth.registry import StrictOptions
+from facesynth.registry import ComponentSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,54 +62,6 @@ FULL_STATS_LIMIT = 250_000
 # Candidate blocks: at least MIN_BLOCK, growing as the bank grows (one candidate per BLOCK_PER_KEPT kept).
 MIN_BLOCK = 1024
 BLOCK_PER_KEPT = 4
-
-
-class BankOptions(StrictOptions):
-    """The recipe's ``identities:`` section."""
-
-    count: int = Field(ge=1, description="number of identities in the bank")
-    sampler: ComponentSpec | None = Field(
-        None, description="where candidates come from: sphere, gaussian, file or images (name or {name: ...})"
-    )
-    max_cosine: float = Field(0.3, gt=-1, le=1, description="largest allowed cosine between two identities")
-    gallery: Path | None = Field(None, description="real-identity vectors (.npy, .safetensors, .parquet)")
-    max_gallery_cosine: float = Field(
-        0.3, gt=-1, le=1, description="candidates at or above this cosine to a gallery vector are rejected"
-    )
-    candidate_budget: int | None = Field(None, ge=1, description="most candidates drawn (default 20 x count)")
-    block_size: int = Field(
-        8192, ge=16, le=1 << 16, description="largest candidate block (blocks grow to it as the bank grows)"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    spread: SpreadOptions | None = Field(None, description="optional repulsion that spreads the bank out")
-    bank: Path | None = Field(None, description="use this prebuilt bank file instead of sampling")
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler_options(cls, spec: ComponentSpec | None) -> ComponentSpec | None:
-        if spec is None:
-            return spec
-        try:
-            SAMPLERS.parse_options(spec.name, spec.options)
-        except UserInputError as exc:
-            raise ValueError(str(exc)) from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"sampler '{spec.name}' option {where}: {first['msg']}") from None
-        return spec
-
-    @model_validator(mode="after")
-    def _source(self) -> BankOptions:
-        if (self.sampler is None) == (self.bank is None):
-            raise ValueError(
-                "give either a sampler (to draw a new bank) or bank: FILE (a prebuilt one), not both"
-            )
-        return self
-
-    @property
-    def budget(self) -> int:
-        return self.candidate_budget or 20 * self.count
 
 
 class IdentityBank:

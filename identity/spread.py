@@ -10,17 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
 
+from facesynth.identity.options import SpreadOptions
 from facesynth.identity.separation import resolve_device
-from facesynth.registry import StrictOptions
-
-
-class SpreadOptions(StrictOptions):
-    iterations: int = Field(50, ge=1, le=10_000, description="cap on repulsion steps")
-    step: float = Field(0.05, gt=0, le=1, description="step size on the sphere")
-    neighbours: int = Field(8, ge=1, le=256, description="neighbours each vector is pushed away from")
-    temperature: float = Field(0.02, gt=0, description="softmax temperature over neighbour cosines")
 
 
 def _neighbours(unit: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:

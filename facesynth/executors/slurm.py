@@ -143,7 +143,8 @@ class SlurmExecutor:
             f"#SBATCH --output={logs}/%A_%a.log",
             *common,
             f"cd {shlex.quote(os.getcwd())}",
-            f"export {TASKS_VARIABLE}={tasks}  # so that `sbatch --array=K` reruns task K's units only",
+            # so that `sbatch --array=K` reruns task K's units only (set it to 1 to run every pending unit)
+            f"export {TASKS_VARIABLE}=${{{TASKS_VARIABLE}:-{tasks}}}",
             f"exec {python} -m facesynth.cli run {shlex.quote(str(out / layout.RECIPE))} "
             f"--out {shlex.quote(str(out))}{executor} --no-progress",
         ]

@@ -72,6 +72,7 @@ def test_local_files_enter_by_content(tmp_path: Path, monkeypatch: pytest.Monkey
     reference = tmp_path / "reference.npy"
     rng = np.random.default_rng(0)
     np.save(reference, rng.standard_normal((8, 16)).astype(np.float32))
+    monkeypatch.setattr(fingerprint, "CACHE_MIN_BYTES", 0)  # cache even this small file
     overrides = [f"identities.sampler={{name: gaussian, reference: {reference}}}"]
     first = _hash(*overrides)
     assert _hash(*overrides) == first
@@ -87,7 +88,7 @@ def test_file_hashes_are_read_once_per_size_and_mtime(
 ) -> None:
     monkeypatch.setenv("FACESYNTH_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "model.onnx"
-    model.write_bytes(b"x" * 1000)
+    model.write_bytes(b"x" * fingerprint.CACHE_MIN_BYTES)
     digest = fingerprint.file_sha256(model)
     reads = []
     real_open = open
@@ -111,3 +112,16 @@ def test_finalize_refuses_units_of_different_generator_provenance(tmp_path: Path
     with pytest.raises(FacesynthError, match=r"unit 1 .*revision"):
         finalize(tmp_path)
     assert not (tmp_path / layout.STATS).exists()
+
+
+def test_a_folder_enters_by_the_names_and_contents_of_its_files(tmp_path: Path) -> None:
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "0.jpg").write_bytes(b"first")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "tool").write_bytes(b"ignored")
+    images = [f"identities.sampler={{name: images, root: {tmp_path}}}"]
+    first = _hash(*images)
+    (tmp_path / ".cache" / "tool").write_bytes(b"changed, still ignored")
+    assert _hash(*images) == first
+    (tmp_path / "alice" / "0.jpg").write_bytes(b"other")
+    assert _hash(*images) != first

@@ -152,13 +152,22 @@ def test_separation_rejects_an_image_of_another_identity(
     assert batch[1].accepted
 
 
-def test_dataset_pass_drops_colliding_identities() -> None:
+def test_dataset_pass_drops_colliding_identities(tmp_path) -> None:
+    """The pass finalize runs across units works on stored centroids: no face model is loaded."""
+    from facesynth.filters import FILTERS
+
     rng = np.random.default_rng(0)
     centroids = rng.standard_normal((5, 128)).astype(np.float32)
     centroids[3] = centroids[1] + 0.05 * rng.standard_normal(128)
     identities = np.array([10, 11, 12, 13, 14])
-    separation = load_filter("separation", max_cosine=0.5)
-    dropped = separation.dataset_pass(identities, {separation.embedder.space: centroids})
+    separation = FILTERS.get("separation")
+    options = FILTERS.parse_options("separation", {"max_cosine": 0.5})
+    dropped = separation.dataset_pass(options, identities, centroids)
     assert list(dropped) == [13] and "identity 11" in dropped[13]
     assert colliding_identities(identities, centroids, 0.5, block=2) == dropped
-    assert separation.dataset_pass(identities, {"dlib": centroids}) == {}  # keyed by space, not name
+    assert separation.dataset_pass(options, identities, None) == {}  # no unit stored its space
+    # an embedder whose model file is gone: building the filter would fail, the pass does not need it
+    missing = {"embedder": {"name": "arcface-onnx", "model": str(tmp_path / "gone.onnx")}}
+    options = FILTERS.parse_options("separation", missing)
+    assert list(separation.dataset_pass(options, identities, centroids)) == [13]
+    assert all(FILTERS.get(name).dataset_pass is None for name in FILTERS.names() if name != "separation")

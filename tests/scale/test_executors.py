@@ -206,7 +206,7 @@ def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
     assert facesynth.run(recipe, out=out, progress=False) == {}
     array = (out / ".slurm" / "array.sbatch").read_text()
     assert "#SBATCH --array=0-2" in array and "#SBATCH --gres=gpu:1" in array
-    assert "export FACESYNTH_SLURM_TASKS=3" in array  # `sbatch --array=K` reruns task K alone
+    assert "export FACESYNTH_SLURM_TASKS=${FACESYNTH_SLURM_TASKS:-3}" in array  # `--array=K` reruns task K
     assert f"-m facesynth.cli run {out / 'recipe.yaml'} --out {out} --no-progress" in array
     assert f"-m facesynth.cli finalize {out}" in (out / ".slurm" / "finalize.sbatch").read_text()
     lines = calls.read_text().splitlines()
@@ -223,20 +223,26 @@ def test_slurm_submission_writes_and_submits_array_then_dependent_finalize(
 
 
 class FailWhileFlagFilter:
-    """A plug-in filter that raises on one identity while a flag file exists (a unit that crashes)."""
+    """A plug-in filter that raises on one identity while a flag file exists (a unit that crashes).
+
+    The flag's path comes from the environment: a file named in the recipe would enter the recipe
+    hash, and removing it would make the rerun a different recipe.
+    """
 
     name = "test-fail-while-flag"
     score_columns = ()
+    dataset_pass = None
 
     class Options(StrictOptions):
         identity: int
-        flag: str
 
     def __init__(self, options: Options) -> None:
         self.options = options
 
     def __call__(self, batch, context) -> None:  # noqa: ANN001 - the Filter protocol's signature
-        if Path(self.options.flag).exists() and any(c.identity == self.options.identity for c in batch):
+        if Path(os.environ["FACESYNTH_TEST_FLAG"]).exists() and any(
+            c.identity == self.options.identity for c in batch
+        ):
             raise RuntimeError(f"identity {self.options.identity} exploded")
 
     def accept(self, candidate, context) -> None:  # noqa: ANN001
@@ -244,14 +250,15 @@ class FailWhileFlagFilter:
 
 
 def test_failed_unit_is_marked_for_info_and_unmarked_when_it_succeeds(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     FILTERS.register(FailWhileFlagFilter.name, FailWhileFlagFilter)
     flag = tmp_path / "flag"
     flag.touch()
+    monkeypatch.setenv("FACESYNTH_TEST_FLAG", str(flag))
     data = yaml.safe_load(SMOKE.read_text())
     data["identities"]["count"], data["output"]["identities_per_unit"] = 6, 2
-    data["filters"].append({"name": FailWhileFlagFilter.name, "identity": 3, "flag": str(flag)})
+    data["filters"].append({"name": FailWhileFlagFilter.name, "identity": 3})
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="identity 3 exploded"):
         facesynth.run(data, out=out, progress=False)

@@ -15,9 +15,9 @@ from PIL import Image
 
 from facesynth import layout
 from facesynth.cli import main
-from facesynth.errors import UserInputError
+from facesynth.errors import FacesynthError, UserInputError
 from facesynth.export import RECORDIO_MAGIC, frame_record, pack_record
-from facesynth.hub import FILES_PER_COMMIT, upload_plan
+from facesynth.hub import push, upload_plan
 
 # ----------------------------------------------------------------------------- an independent reader
 # Written from the format description alone (dmlc RecordIO + MXNet's IRHeader), not from our writer.
@@ -155,22 +155,95 @@ def test_export_refuses_an_unfinished_output_and_a_destination_holding_the_datas
 # ----------------------------------------------------------------------------- Hub upload plan
 
 
-def test_upload_plan_lists_every_visible_file_in_bounded_commits(reference: Path, tmp_path: Path) -> None:
+def test_upload_plan_lists_every_visible_file_card_last(reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     (out / ".slurm" / "logs").mkdir(parents=True)
     (out / ".slurm" / "logs" / "1_0.log").write_text("hidden: not uploaded")
-    plan = upload_plan(out, files_per_commit=3)
+    plan = upload_plan(out)
     shards = sorted(f"data/{p.name}" for p in (out / "data").glob("*.parquet"))
     expected = {*shards, "README.md", "stats.json", "recipe.yaml", "run.json", "bank.safetensors",
                 "identities.parquet", "rejected.parquet"}  # fmt: skip
     assert set(plan.files) == expected
     assert plan.files["stats.json"] == (out / "stats.json").stat().st_size
-    flat = [name for commit in plan.commits for name in commit]
-    assert sorted(flat) == sorted(expected) and len(flat) == len(expected)  # each file once
-    assert all(len(commit) <= 3 for commit in plan.commits)
-    assert flat[: len(shards)] == shards and flat[-1] == "README.md"  # data first, the card last
-    assert len(upload_plan(out).commits) == -(-len(expected) // FILES_PER_COMMIT)
+    assert plan.data[: len(shards)] == shards and set(plan.data) == expected - {"README.md"}  # data first
+
+
+class FakeHfApi:
+    """Stands in for ``huggingface_hub.HfApi`` (2.x): a dict of remote files, and the calls in order."""
+
+    def __init__(self, remote: dict[str, bytes] | None = None, fail_on: str | None = None) -> None:
+        self.remote = dict(remote or {})
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_on:
+            import httpx2  # huggingface_hub 2's HTTP client
+            from huggingface_hub.errors import HfHubHTTPError
+
+            response = httpx2.Response(401, request=httpx2.Request("POST", "https://huggingface.co/api"))
+            raise HfHubHTTPError("401 Client Error: Unauthorized", response=response)
+
+    def create_repo(self, repo_id, repo_type, private, exist_ok):  # noqa: ANN001, ANN201
+        self._call("create_repo")
+        assert repo_type == "dataset" and exist_ok
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def create_branch(self, repo_id, repo_type, branch, exist_ok):  # noqa: ANN001, ANN201
+        self._call("create_branch")
+
+    def list_repo_files(self, repo_id, repo_type, revision):  # noqa: ANN001, ANN201
+        self._call("list_repo_files")
+        return list(self.remote)
+
+    def upload_folder(self, *, repo_id, repo_type, revision, folder_path, allow_patterns, commit_message):  # noqa: ANN001, ANN201
+        import fnmatch
+
+        self._call("upload_folder")
+        for path in Path(folder_path).rglob("*"):
+            name = path.relative_to(folder_path).as_posix()
+            if path.is_file() and any(fnmatch.fnmatchcase(name, p) for p in allow_patterns):
+                self.remote[name] = path.read_bytes()
+
+    def create_commit(self, *, repo_id, repo_type, revision, operations, commit_message):  # noqa: ANN001, ANN201
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        self._call("create_commit")
+        for op in operations:
+            if isinstance(op, CommitOperationAdd):
+                self.remote[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
+            else:
+                assert isinstance(op, CommitOperationDelete)
+                del self.remote[op.path_in_repo]
+
+
+def test_push_uploads_data_then_the_card_and_removes_stale_shards(reference: Path) -> None:
+    old_shard = "data/train-00000-of-00009.parquet"
+    api = FakeHfApi(remote={old_shard: b"an older version", "README.md": b"old card"})
+    url = push(reference, "org/name", revision="v2", api=api)
+    assert url == "https://huggingface.co/datasets/org/name"
+    assert api.calls == ["create_repo", "create_branch", "list_repo_files", "upload_folder", "create_commit"]
+    plan = upload_plan(reference)
+    assert set(api.remote) == set(plan.files)  # the old shard is gone, everything else is there
+    assert all(api.remote[name] == (reference / name).read_bytes() for name in plan.files)
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(api.remote["README.md"].decode()).data  # the metadata parses as the Hub reads it
+    assert card.pretty_name == json.loads((reference / "stats.json").read_text())["recipe_name"]
+    assert card.configs[0]["data_files"][0]["path"] == "data/train-*" and "facesynth" in card.tags
+    # a rerun (e.g. after an interruption) converges to the same remote state
+    again = FakeHfApi(remote=api.remote)
+    push(reference, "org/name", api=again)
+    assert again.remote == api.remote
+
+
+def test_push_without_write_access_says_how_to_log_in(reference: Path) -> None:
+    api = FakeHfApi(fail_on="upload_folder")
+    with pytest.raises(FacesynthError, match="hf auth login"):
+        push(reference, "org/name", api=api)
+    assert "README.md" not in api.remote  # the card never goes up before the data
 
 
 def test_upload_plan_refuses_a_folder_over_the_hub_limit(reference: Path, tmp_path: Path) -> None:
@@ -185,7 +258,7 @@ def test_upload_plan_refuses_a_folder_over_the_hub_limit(reference: Path, tmp_pa
 def test_push_cli_dry_run_and_offline_refusal(reference: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["push", str(reference), "--repo", "org/name", "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "commit 1 of 1" in printed and "README.md" in printed and "datasets/org/name" in printed
+    assert "then, in the last commit: README.md" in printed and "datasets/org/name" in printed
     # the suite runs with HF_HUB_OFFLINE=1: a real push stops with one line, before any upload
     assert main(["push", str(reference), "--repo", "org/name"]) == 2
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
