@@ -105,12 +105,13 @@ class Worker:
     recipe: Recipe
     bank_vectors: np.ndarray
     plan: UnitPlan
-    generator: Generator
+    generator: Generator | None  # None when refiltering an existing dataset
     filters: list[Filter]
     variation: Any
 
     def __post_init__(self) -> None:
-        self.columns = [*self.generator.score_columns, *score_columns(self.filters)]
+        generator_columns = self.generator.score_columns if self.generator is not None else ()
+        self.columns = [*generator_columns, *score_columns(self.filters)]
         self.features = dataset_features(self.columns)
         self.rejected_features = rejected_features(self.columns)
         # Identities refined by the generator (its record per identity); their bank rows change in a copy.
