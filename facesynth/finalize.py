@@ -24,6 +24,7 @@ from datasets import Features, Sequence, Value
 
 from facesynth import __version__, layout
 from facesynth.card import write_card
+from facesynth.conditions import check_mixable, grouped
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.recipe import load_recipe
 from facesynth.runner import read_run
@@ -108,6 +109,8 @@ def finalize(out: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{out} is not a facesynth output (no {layout.RUN})")
     recipe = load_recipe(out / layout.RECIPE, need_generation=False)
     units = _read_units(out, run["num_units"])
+    made = {u: marker.get("made_with") for u, marker in enumerate(units)}
+    check_mixable(made, "remake the odd units with matching generator settings (delete their done-markers)")
     from facesynth.filters import FILTERS, load_filter
     from facesynth.identity.bank import IdentityBank
 
@@ -161,6 +164,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
     write_table(staging / layout.REJECTED, pa.concat_tables(rejected), rejected_features(columns))
     stats = _stats(recipe, run, units, shards, label_of, dataset_dropped, [f.name for f in recipe.filters])
     stats["identity_bank"] = bank.provenance if bank is not None else None
+    stats["made_with"] = grouped(made)
     write_card(staging, recipe, features, stats)
     _step("staged")
     for name in PUBLISHED:
