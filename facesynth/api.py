@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image
 
 from facesynth import layout
+from facesynth.errors import UserInputError
 from facesynth.recipe import Recipe, load_recipe
 from facesynth.runner import output_dir
 
@@ -31,12 +32,18 @@ def run(
     return runner.execute(recipe, output_dir(recipe, out), overwrite=overwrite, progress=progress)
 
 
-def regenerate(out: str | Path, identity: int, attempt: int) -> Image.Image:
+def regenerate(out: str | Path, identity: int, attempt: int, exact: bool = True) -> Image.Image:
     """Regenerate one image of a dataset from its recipe, bank, identity and attempt alone.
 
-    Returns the generator's output (before alignment), exactly as it was made on the same
-    software and hardware.
+    Returns the generator's output (before alignment). It is bit-identical to the image the dataset was
+    made from when this machine makes pixels under the conditions the image's unit recorded (same
+    device and GPU model, dtype, facesynth/torch/CUDA/diffusers/transformers versions) and the unit was
+    made batch-invariant (or in batches of one): see ``facesynth.conditions``. Otherwise it raises
+    ``UserInputError`` naming the differences; ``exact=False`` regenerates anyway, with a warning.
     """
+    import warnings
+
+    from facesynth.conditions import differences, made_with
     from facesynth.generators import load_generator
     from facesynth.identity import VARIATIONS
     from facesynth.identity.bank import IdentityBank
@@ -55,7 +62,33 @@ def regenerate(out: str | Path, identity: int, attempt: int) -> Image.Image:
         filters=[],  # only the generator's output is regenerated
         variation=VARIATIONS.create(recipe.variations.vary.name, **recipe.variations.vary.options),
     )
+    found = differences(_recorded_conditions(out, identity), made_with(worker.generator))
+    if found:
+        message = f"image ({identity}, {attempt}) of {out} cannot be regenerated exactly here: " + "; ".join(
+            found
+        )
+        if exact:
+            raise UserInputError(f"{message}; pass exact=False to regenerate it anyway")
+        warnings.warn(message, stacklevel=2)
     (candidate,) = worker.candidates([(identity, attempt)])
     worker.render([candidate])
     assert candidate.image is not None
     return candidate.image
+
+
+def _recorded_conditions(out: Path, identity: int) -> dict[str, Any] | None:
+    """What the unit of ``identity`` was made with: from its done-marker, or from stats.json once finalized."""
+    from facesynth.runner import read_run
+
+    run = read_run(out)
+    if run is None:
+        raise UserInputError(f"{out} is not a facesynth output (no {layout.RUN})")
+    unit = identity // run["identities_per_unit"]
+    marker = layout.unit_done_marker(out, unit)
+    if marker.exists():
+        return layout.read_json(marker).get("made_with")
+    if (out / layout.STATS).exists():
+        for group in layout.read_json(out / layout.STATS).get("made_with") or []:
+            if unit in group["units"]:
+                return group["made_with"]
+    return None

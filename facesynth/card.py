@@ -10,6 +10,7 @@ import yaml
 from datasets import Features
 
 from facesynth import layout
+from facesynth.conditions import card_section
 from facesynth.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -119,7 +120,9 @@ Identities dropped by dataset-wide checks: {len(dropped)}.
 
 Image `(identity, attempt)` is generated from the bank vector of `identity` (in `identities.parquet`), the
 per-image variation and seed derived from `(seed, identity, attempt)`, and the recipe below:
-`facesynth.regenerate(dataset_dir, identity, attempt)` does it for one row.
+`facesynth.regenerate(dataset_dir, identity, attempt)` does it for one row, and checks the conditions below.
+
+{card_section(stats.get("made_with"))}
 
 ## Intended use and ethics
 

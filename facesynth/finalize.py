@@ -1,13 +1,17 @@
 """Turn finished units into the published dataset: labels, shards, side tables, card, stats.
 
-Finalize is idempotent and crash-safe: it reads only ``units/``, writes every final file under a
-temporary name first, writes ``stats.json`` last (its presence means 'finalized'), and only then
-removes ``units/``.
+Finalize is idempotent and crash-safe, with one commit point: it reads only ``units/`` and builds every
+published file in ``.finalize/``; then it moves them into place and writes ``stats.json``, the commit:
+its presence means 'finalized'. Before it, anything published is a leftover that the next finalize
+rebuilds from the intact ``units/``; after it, removing ``units/`` and ``.finalize/`` is cleanup that
+the next run (of any command) completes and that never regenerates a unit.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -21,6 +25,7 @@ from datasets import Features
 
 from facesynth import __version__, layout
 from facesynth.card import write_card
+from facesynth.conditions import check_mixable, grouped
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.recipe import load_recipe
 from facesynth.runner import read_run
@@ -34,9 +39,33 @@ from facesynth.schema import (
 )
 from facesynth.writer import ParquetShardWriter, write_table
 
+STAGING = ".finalize"  # published files are built here, then moved into place before the commit
+PUBLISHED = (layout.DATA, layout.IDENTITIES, layout.REJECTED, layout.CARD)
+
 
 def is_finalized(out: Path) -> bool:
-    return (Path(out) / layout.STATS).exists() and not (Path(out) / layout.UNITS).exists()
+    """Whether finalize committed (wrote ``stats.json``); its cleanup may still be pending."""
+    return (Path(out) / layout.STATS).exists()
+
+
+def _step(name: str) -> None:
+    """Crash-test hook: ``FACESYNTH_TEST_KILL_AT=finalize:<name>`` SIGKILLs this process here."""
+    if os.environ.get("FACESYNTH_TEST_KILL_AT") == f"finalize:{name}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _clean_up(out: Path) -> None:
+    """After the commit: remove the units and the staging folder (idempotent)."""
+    _remove(out / layout.UNITS)
+    _step("units-removed")
+    _remove(out / STAGING)
 
 
 def _read_units(out: Path, num_units: int) -> list[dict[str, Any]]:
@@ -97,6 +126,7 @@ def finalize(out: str | Path) -> dict[str, Any]:
     """Merge the finished units of ``out`` into ``data/``, side tables, ``README.md`` and ``stats.json``."""
     out = Path(out).resolve()
     if is_finalized(out):
+        _clean_up(out)  # completes a finalize killed after its commit
         return layout.read_json(out / layout.STATS)
     run = read_run(out)
     if run is None:
@@ -104,6 +134,8 @@ def finalize(out: str | Path) -> dict[str, Any]:
     recipe = load_recipe(out / layout.RECIPE, need_generation=False)
     units = _read_units(out, run["num_units"])
     check_one_generator(out, units)
+    made = {u: marker.get("made_with") for u, marker in enumerate(units)}
+    check_mixable(made, "remake the odd units with matching generator settings (delete their done-markers)")
     from facesynth.filters import FILTERS
     from facesynth.identity.bank import IdentityBank
 
@@ -142,17 +174,30 @@ def finalize(out: str | Path) -> dict[str, Any]:
     kept_ids = np.array([i for i in kept_ids.tolist() if i not in drop_reason], dtype=np.int64)
     label_of = {int(i): label for label, i in enumerate(sorted(kept_ids.tolist()))}
 
-    shards = _write_shards(out, len(units), features, label_of, recipe.writer.row_group_mb)
+    # Not committed yet: whatever a killed finalize left (staged or already moved) is rebuilt from units/.
+    for name in (STAGING, *PUBLISHED):
+        _remove(out / name)
+    staging = out / STAGING
+    staging.mkdir()
+    shards = _write_shards(out, staging, len(units), features, label_of, recipe.writer.row_group_mb)
+    _step("shards-staged")
     bank = IdentityBank.load(out / layout.BANK) if (out / layout.BANK).exists() else None
-    _write_identity_table(out, identities, bank, label_of, drop_reason)
+    _write_identity_table(staging, identities, bank, label_of, drop_reason)
     rejected = [_read(layout.unit_stem(out, u).with_suffix(".rejected.parquet")) for u in range(len(units))]
-    write_table(out / layout.REJECTED, pa.concat_tables(rejected), rejected_features(columns))
-
+    write_table(staging / layout.REJECTED, pa.concat_tables(rejected), rejected_features(columns))
     stats = _stats(recipe, run, units, shards, label_of, dataset_dropped, [f.name for f in recipe.filters])
     stats["identity_bank"] = bank.provenance if bank is not None else None
-    write_card(out, recipe, features, stats)
-    layout.atomic_write_json(out / layout.STATS, stats)
-    shutil.rmtree(out / layout.UNITS)
+    stats["made_with"] = grouped(made)
+    write_card(staging, recipe, features, stats)
+    _step("staged")
+    for name in PUBLISHED:
+        if (staging / name).exists():  # no data/ when no identity was kept
+            os.replace(staging / name, out / name)
+        _step(f"moved-{name}")
+    layout.fsync_dir(out)
+    layout.atomic_write_json(out / layout.STATS, stats)  # the commit point
+    _step("committed")
+    _clean_up(out)
     return stats
 
 
@@ -175,16 +220,15 @@ def _centroids(tables: list[pa.Table], kept: set[int]) -> dict[str, np.ndarray]:
 
 
 def _write_shards(
-    out: Path, num_units: int, features: Features, label_of: dict[int, int], row_group_mb: float
+    out: Path, dest: Path, num_units: int, features: Features, label_of: dict[int, int], row_group_mb: float
 ) -> list[dict[str, Any]]:
+    """Write the kept rows of ``out``'s units, labelled, as ``dest/data/`` shards."""
     sources = []
     for u in range(num_units):
         path = layout.unit_stem(out, u).with_suffix(".parquet")
         ids = _read(path, ["identity"])["identity"].to_numpy()
         if np.isin(ids, list(label_of)).any():
             sources.append(path)
-    if (out / layout.DATA).exists():
-        shutil.rmtree(out / layout.DATA)  # left by a finalize that crashed; rebuilt from units
     labels = pa.array(list(label_of), pa.int64()), pa.array(list(label_of.values()), pa.int32())
     shards = []
     for index, source in enumerate(sources):
@@ -192,7 +236,7 @@ def _write_shards(
         # Memory-mapped, and filtered only when it drops rows: every copy of the images costs time.
         with (
             pq.ParquetFile(source, memory_map=True) as parquet,
-            ParquetShardWriter(out / name, features, int(row_group_mb * (1 << 20))) as writer,
+            ParquetShardWriter(dest / name, features, int(row_group_mb * (1 << 20))) as writer,
         ):
             for group in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group)
@@ -204,7 +248,7 @@ def _write_shards(
                 label = pc.take(labels[1], pc.index_in(table["identity"], value_set=labels[0]))
                 table = table.set_column(table.schema.get_field_index("label"), "label", label)
                 writer.write_table(table)
-        shards.append({"file": name, "rows": writer.num_rows, "bytes": (out / name).stat().st_size})
+        shards.append({"file": name, "rows": writer.num_rows, "bytes": (dest / name).stat().st_size})
     return shards
 
 

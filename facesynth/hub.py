@@ -58,7 +58,7 @@ def upload_plan(out: str | Path) -> UploadPlan:
 
     Refuses an unfinished output and layouts the Hub cannot hold (10k entries per folder).
     """
-    from facesynth.finalize import is_finalized
+    from facesynth.finalize import finalize, is_finalized
 
     folder = Path(out).resolve()
     if not (folder / layout.RUN).exists() and not (folder / layout.STATS).exists():
@@ -68,6 +68,7 @@ def upload_plan(out: str | Path) -> UploadPlan:
             f"{folder} is not finalized; finish it with `facesynth run` (or `facesynth finalize {folder}` "
             "after a distributed run) before pushing"
         )
+    finalize(folder)  # completes the cleanup of a finalize killed after its commit: units/ is not uploaded
     plan = UploadPlan(folder)
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)

@@ -74,3 +74,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames inside folder ``path`` durable (before a commit that depends on them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from facesynth import layout
+from facesynth.conditions import made_with
 from facesynth.interfaces import (
     BankConditionedGenerator,
     Candidate,
@@ -278,7 +279,7 @@ class UnitRun:
         self.done = False
 
     def next_jobs(
-        self, batch_size: int, on_round: Callable[[int, int], None] | None
+        self, batch_size: int, on_round: Callable[[int, int, int], None] | None
     ) -> list[tuple[int, int]]:
         """The next batch to generate; empty while this round's batches are still being filtered."""
         if not self.queue:
@@ -304,12 +305,18 @@ class UnitRun:
         self.state.expect(jobs)
         return jobs
 
-    def _report(self, on_round: Callable[[int, int], None] | None) -> None:
+    def _report(self, on_round: Callable[[int, int, int], None] | None) -> None:
+        """Tell ``on_round`` (identities, images kept, images generated) of the identities just finished.
+
+        Both counts cover the same finished identities, so their ratio is a true pass rate; the images
+        of an identity dropped for having too few count as generated, not kept.
+        """
         rows, target, budget = self.state.rows, self.target, self.budget
         done = {i for i in self.identities if len(rows[i]) >= target or self.attempts[i] >= budget}
         new = done - self.reported
         if on_round is not None and new:
-            on_round(len(new), sum(len(rows[i]) for i in new))
+            kept = sum(len(rows[i]) for i in new if len(rows[i]) >= self.minimum)
+            on_round(len(new), kept, sum(self.attempts[i] for i in new))
         self.reported |= done
 
     def finish(self) -> UnitResult:
@@ -328,6 +335,7 @@ class UnitRun:
             }
             for i in self.identities
         ]
+        made = made_with(worker.generator)
         return write_unit(
             worker,
             self.unit,
@@ -338,13 +346,14 @@ class UnitRun:
             started=self.started,
             generator_seconds=self.generator_seconds,
             generator=worker.generator.describe(),
+            made_with=made,
         )
 
 
 def run_units_overlapped(
     worker: Worker,
     units: Sequence[int],
-    on_round: Callable[[int, int], None] | None = None,
+    on_round: Callable[[int, int, int], None] | None = None,
     on_unit: Callable[[UnitResult], None] | None = None,
     on_failure: Callable[[list[int], BaseException], None] | None = None,
 ) -> None:
@@ -441,6 +450,7 @@ def write_unit(
     started: float,
     generator_seconds: float = 0.0,
     generator: dict[str, Any] | None = None,
+    made_with: dict[str, Any] | None = None,
 ) -> UnitResult:
     """Write a unit's shard, rejected images and identity table, then its done-marker, last.
 
@@ -474,5 +484,7 @@ def write_unit(
     marker = result.__dict__ if generator is None else {**result.__dict__, "generator": generator}
     # Where finalize finds each dataset pass's centroids without building the filter (and its model).
     marker["dataset_pass_spaces"] = {f.name: f.space for f in worker.filters if f.dataset_pass is not None}
+    if made_with is not None:
+        marker["made_with"] = made_with  # what the pixels depend on besides the recipe (facesynth.conditions)
     layout.atomic_write_json(layout.unit_done_marker(worker.out, unit), marker)
     return result

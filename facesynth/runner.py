@@ -15,6 +15,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from facesynth import __version__, layout
+from facesynth.conditions import check_mixable, made_with
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.pipeline import UnitPlan, UnitResult, Worker, run_units_overlapped
 from facesynth.recipe import Recipe, load_recipe
@@ -79,15 +80,18 @@ def prepare(recipe: Recipe, out: Path, overwrite: bool = False, progress: bool =
         if not overwrite:
             raise UserInputError(f"{out} is not empty and is not a facesynth output; choose another --out")
         clear_output(out)
+    resolved = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(out)})})
+    text = yaml.safe_dump(resolved.to_dict(), sort_keys=False).encode()
     if run is not None:
+        # Same rows, maybe other execution keys (e.g. a smaller generator.batch_size after an out-of-memory
+        # error): the workers load the generator from this file, so it must say how to run now.
+        if (out / layout.RECIPE).read_bytes() != text:
+            layout.atomic_write_bytes(out / layout.RECIPE, text)
         return run
 
     # Several workers may prepare at once (Slurm array tasks): each writes the same files, each
     # atomically, so they agree. The recipe goes first: it says whose bank a bank file is.
-    resolved = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": str(out)})})
-    layout.atomic_write_bytes(
-        out / layout.RECIPE, yaml.safe_dump(resolved.to_dict(), sort_keys=False).encode()
-    )
+    layout.atomic_write_bytes(out / layout.RECIPE, text)
     bank = _build_or_load_bank(recipe, out, progress)
     _check_dims(recipe, bank.dim)
     plan = UnitPlan(len(bank), identities_per_unit(recipe))
@@ -152,7 +156,7 @@ def _check_dims(recipe: Recipe, dim: int) -> None:
         )
 
 
-_WORKERS: dict[tuple[Path, str, str | None], Worker] = {}
+_WORKERS: dict[tuple[Path, str, str | None], Worker] = {}  # (folder, recipe.yaml text, device)
 
 
 def load_worker(out: Path, device: str | None = None) -> Worker:
@@ -160,7 +164,7 @@ def load_worker(out: Path, device: str | None = None) -> Worker:
     run = read_run(out)
     if run is None:
         raise UserInputError(f"{out} is not a prepared facesynth output (no {layout.RUN})")
-    key = (Path(out).resolve(), run["recipe_hash"], device)
+    key = (Path(out).resolve(), (Path(out) / layout.RECIPE).read_text(), device)  # with its execution keys
     if key in _WORKERS:
         return _WORKERS[key]
     from facesynth.filters import load_filter
@@ -214,6 +218,13 @@ def pending_units(out: Path, units: Iterable[int] | None = None) -> list[int]:
     return [u for u in candidates if not layout.unit_done_marker(out, u).exists()]
 
 
+def finished_units(out: Path) -> list[int]:
+    """Units whose done-marker is written."""
+    run = read_run(out)
+    assert run is not None
+    return [u for u in range(run["num_units"]) if layout.unit_done_marker(out, u).exists()]
+
+
 def clean_partial_files(out: Path, units: Iterable[int] | None = None) -> None:
     """Remove temporary files left by killed processes; they were never visible under final names.
 
@@ -239,20 +250,26 @@ def run_units(out: Path, units: Iterable[int], progress: bool = True, device: st
     if not units:
         return
     worker = load_worker(out, device)
+    done = {
+        u: layout.read_json(layout.unit_done_marker(out, u)).get("made_with") for u in finished_units(out)
+    }
+    check_mixable(
+        {**done, "of this run": made_with(worker.generator)},
+        "set generator.dtype / generator.batch_size / generator.batch_invariant to match the finished units "
+        f"(or delete their done-markers in {out / layout.UNITS} to remake them)",
+    )
     total = sum(len(worker.plan.identities(u)) for u in units)
     bar = tqdm(total=total, unit="id", desc="identities", disable=not progress, dynamic_ncols=True)
     kept = generated = 0
 
-    def on_round(identities_done: int, images_kept: int) -> None:
-        nonlocal kept
-        kept += images_kept
+    def on_round(identities_done: int, images_kept: int, images_generated: int) -> None:
+        nonlocal kept, generated
+        kept, generated = kept + images_kept, generated + images_generated  # of the same finished identities
+        bar.set_postfix(images=kept, pass_rate=f"{kept / max(generated, 1):.0%}", refresh=False)
         bar.update(identities_done)
 
     def on_unit(result: UnitResult) -> None:
-        nonlocal generated
         unit_failed_marker(out, result.unit).unlink(missing_ok=True)
-        generated += result.generated
-        bar.set_postfix(images=kept, pass_rate=f"{kept / max(generated, 1):.0%}", refresh=False)
 
     def on_failure(failed: list[int], exc: BaseException) -> None:
         error = {"error": f"{exc.__class__.__name__}: {exc}", "host": platform.node(), "pid": os.getpid()}

@@ -306,6 +306,7 @@ class Arc2FaceGenerator:
             "steps": self.steps,
             "guidance": self.guidance,
             "size": self.options.size,
+            "device": str(self.device),
             "dtype": dtype_name(self.dtype),
             "batch_invariant": self.batch_invariant,
             "conditioning": f"'{ID_PROMPT}', '{ID_TOKEN}' token embedding = zero-padded L2-normalised vector",

@@ -198,6 +198,7 @@ class IPAdapterFaceIDGenerator:
             "steps": o.steps,
             "guidance": o.guidance,
             "size": o.size,
+            "device": str(self.device),
             "dtype": dtype_name(self.dtype),
             "batch_invariant": self.batch_invariant,
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
+from outputs import read_all
 from PIL import Image
+
+from facesynth import layout
 
 RECIPE = """\
 name: clean
@@ -140,3 +145,81 @@ def test_reencoded_images_are_named_by_their_new_format(tmp_path: Path) -> None:
         "b/1.v1.jpg",
     ]
     assert all(r["image"]["bytes"][:3] == b"\xff\xd8\xff" for r in rows)  # JPEG bytes
+
+
+STATEFUL = """\
+name: stateful
+output:
+  identities_per_unit: 2
+filters:
+  - name: face
+    detector: {name: dlib, cnn_fallback: false}
+  - name: identity
+    embedder: dlib
+  - name: duplicates
+    embedder: dlib
+  - name: separation
+    embedder: dlib
+"""
+FACE_ONLY = """\
+name: faces-only
+output:
+  identities_per_unit: 1
+filters:
+  - name: face
+    detector: {name: dlib, cnn_fallback: false}
+"""
+
+
+def _summary(stats: dict) -> tuple:
+    return stats["images_kept"], stats["rejected_by"], stats["filter_pass_rates"], stats["recipe_hash"]
+
+
+@pytest.mark.slow
+def test_filter_rows_and_scores_do_not_depend_on_the_batch_size(folder: Path, tmp_path: Path) -> None:
+    from facesynth.refilter import filter_dataset
+
+    recipe = tmp_path / "stateful.yaml"
+    recipe.write_text(STATEFUL)
+    outputs = []
+    for batch_size in (1, 3, 8):
+        filter_dataset(folder, recipe, tmp_path / f"b{batch_size}", progress=False, batch_size=batch_size)
+        outputs.append(read_all(tmp_path / f"b{batch_size}"))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0]["data"] and outputs[0]["rejected"]
+
+
+@pytest.mark.slow
+def test_filter_overwrite_replaces_a_finished_or_unfinished_output_of_another_recipe(
+    folder: Path, tmp_path: Path
+) -> None:
+    from facesynth.errors import UserInputError
+    from facesynth.refilter import filter_dataset
+
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(RECIPE)
+    new.write_text(FACE_ONLY)
+    fresh = tmp_path / "fresh"
+    expected_stats = filter_dataset(folder, new, fresh, progress=False)
+    expected = read_all(fresh)
+
+    finished = tmp_path / "finished"
+    old_stats = filter_dataset(folder, old, finished, progress=False)
+    assert _summary(old_stats) != _summary(expected_stats)
+    with pytest.raises(UserInputError, match="different recipe"):
+        filter_dataset(folder, new, finished, progress=False)
+    assert _summary(filter_dataset(folder, new, finished, overwrite=True, progress=False)) == _summary(
+        expected_stats
+    )
+    assert read_all(finished) == expected
+
+    # Unfinished: every unit of the old recipe done, finalize killed before its commit.
+    unfinished = tmp_path / "unfinished"
+    cmd = [sys.executable, "-m", "facesynth.cli", "filter", str(folder), "--recipe", str(old)]
+    env = {**os.environ, "FACESYNTH_TEST_KILL_AT": "finalize:staged"}
+    killed = subprocess.run([*cmd, "--out", str(unfinished), "--no-progress"], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert list((unfinished / layout.UNITS).glob("unit-*[0-9].json")), "the old recipe's units are done"
+    stats = filter_dataset(folder, new, unfinished, overwrite=True, progress=False)
+    assert _summary(stats) == _summary(expected_stats)
+    assert read_all(unfinished) == expected

@@ -163,3 +163,16 @@ def test_units_run_two_at_a_time_equal_units_run_alone(tmp_path: Path) -> None:
         outputs.append(read_all(out))
     assert outputs[0] == outputs[1]
     assert len(outputs[0]["rejected"]) > 0, "the quality filter should reject some, so rounds > 1"
+
+
+def test_progress_bar_figures_are_true(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """The bar's images and pass rate count the same finished identities: never above 100%, and the
+    final figures equal the dataset's."""
+    import re
+
+    stats = facesynth.run(SMOKE, out=tmp_path, overrides=["identities.count=8"], progress=True)
+    bar = capfd.readouterr().err
+    figures = re.findall(r"images=(\d+), pass_rate=(\d+)%", bar)
+    assert figures, bar
+    assert all(int(rate) <= 100 for _, rate in figures)
+    assert figures[-1] == (str(stats["images_kept"]), f"{100 * stats['pass_rate']:.0f}")
