@@ -22,6 +22,7 @@ from typing import Any
 
 from facesynth import __version__
 from facesynth.errors import UserInputError
+from facesynth.interfaces import Generator
 
 # Keys whose difference makes pixels differ (batch size only matters for batch-variant units).
 EXACT_KEYS = ("device", "device_name", "dtype", "facesynth", "torch", "cuda", "diffusers", "transformers")
@@ -34,10 +35,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def made_with(generator: Any) -> dict[str, Any]:
+def made_with(generator: Generator) -> dict[str, Any]:
     """The conditions the generator makes pixels under, as recorded in a unit's done-marker."""
-    describe = getattr(generator, "describe", None)
-    info = describe() if describe else {}
+    info = generator.describe()
     device = None if info.get("device") is None else str(info["device"])
     torch = sys.modules.get("torch")  # already imported by every torch-based generator
     cuda = torch is not None and device is not None and device.startswith("cuda")
