@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ def open_image(data: bytes | str | Path) -> Image.Image | Unreadable:
         image.load()
         return image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        return Unreadable(" ".join(f"{exc.__class__.__name__}: {exc}".split()))
+        # The reason lands in rejected.parquet: drop object reprs (memory addresses) so it is deterministic.
+        message = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))
+        return Unreadable(" ".join(f"{exc.__class__.__name__}: {message}".split()))
 
 
 def iter_source(path: str | Path) -> Iterator[Identity]:

@@ -27,13 +27,13 @@ def test_shipped_recipes_validate(schema: dict, recipe: Path) -> None:
 
 def test_component_options_are_a_union_discriminated_by_name(schema: dict) -> None:
     generator = schema["properties"]["generator"]["anyOf"][0]["anyOf"][1]
-    assert set(generator["discriminator"]["mapping"]) == {"arc2face", "ipadapter-faceid", "tiny"}
+    assert set(generator["discriminator"]["mapping"]) == {"arc2face", "idiff-face", "ipadapter-faceid", "tiny", "vec2face"}
     assert "steps" in schema["$defs"]["generator_arc2face"]["properties"]
     filters = schema["properties"]["filters"]["items"]["anyOf"][1]["discriminator"]["mapping"]
     assert "quality" in filters and "min_blur" in schema["$defs"]["filter_quality"]["properties"]
     # nested: an embedder inside a filter's options, a detector inside an embedder's
     embedder = schema["$defs"]["filter_identity"]["properties"]["embedder"]["anyOf"][1]
-    assert set(embedder["discriminator"]["mapping"]) == {"arcface-onnx", "dlib"}
+    assert set(embedder["discriminator"]["mapping"]) == {"arcface-onnx", "dlib", "insightface"}
     assert "detector" in schema["$defs"]["embedder_arcface_onnx"]["properties"]
     assert "count" in schema["$defs"]["BankOptions"]["properties"]  # the identities section, typed
 

@@ -266,7 +266,7 @@ def test_safetensors_conversion_gives_the_same_images(tiny_root: Path, tmp_path:
 def test_recipes_validate() -> None:
     plain = load_recipe(ROOT / "recipes" / "idiff-face-10k.yaml")
     assert plain.generator.name == "idiff-face" and plain.generator.options["sampler"] == "ddpm"
-    assert plain.identities["count"] == 10050 and [f.name for f in plain.filters] == ["face"]
+    assert plain.identities.count == 10050 and [f.name for f in plain.filters] == ["face"]
     neg = load_recipe(ROOT / "recipes" / "negfacediff-10k.yaml")
     assert neg.generator.options["negative"] == "farthest" and neg.generator.options["guidance"] == 0.5
     assert neg.generator.options["sampler"] == "ddim" and neg.generator.options["steps"] == 50

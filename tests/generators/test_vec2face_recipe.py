@@ -20,8 +20,8 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "vec2face-hsface10k.y
 def test_hsface_recipe_validates_as_published():
     recipe = load_recipe(RECIPE)
     assert recipe.generator.name == "vec2face"
-    assert recipe.identities["count"] == 10000 and recipe.identities["max_cosine"] == 0.4
-    assert recipe.identities["sampler"]["normalize"] is False
+    assert recipe.identities.count == 10000 and recipe.identities.max_cosine == 0.4
+    assert recipe.identities.sampler.options["normalize"] is False
     assert recipe.generator.options["attrop"]["apply_to"] == "identities"
     assert recipe.variations.vary.options == {"sigmas": [0.3, 0.5, 0.7], "weights": [0.4, 0.4, 0.2]}
     assert recipe.variations.images_per_identity == 50
