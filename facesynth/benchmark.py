@@ -116,16 +116,13 @@ def train_and_evaluate(
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) every stage; returns the rows and where everything is."""
     from facesynth.api import run
-    from facesynth.recognition.evalsets import load_eval_set
+    from facesynth.recognition.evalsets import load_eval_sets
     from facesynth.recognition.train import load_train_recipe
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {args.batch_size}")
     # Check every input before hours of generation: eval sets (restricted unpickler) and the training recipe.
-    evalsets = [load_eval_set(path) for path in args.sets]
-    names = [s.name for s in evalsets]
-    if len(set(names)) != len(names):
-        raise UserInputError(f"two eval sets share a name ({', '.join(names)}); rename one of the files")
+    evalsets = load_eval_sets(args.sets)
     train_recipe = load_train_recipe(args.train_recipe, args.train_overrides)
     out = Path(args.out)
     stats = run(args.recipe, out / "dataset", args.overrides, progress=not args.no_progress)

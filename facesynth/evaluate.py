@@ -84,14 +84,11 @@ def format_table(results: dict[str, VerificationResult]) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from facesynth.errors import UserInputError
     from facesynth.recognition.embed import evaluate, load_model
-    from facesynth.recognition.evalsets import load_eval_set
+    from facesynth.recognition.evalsets import load_eval_sets
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    evalsets = [load_eval_set(path) for path in args.sets]
-    names = [s.name for s in evalsets]
-    if len(set(names)) != len(names):
-        raise UserInputError(f"two eval sets share a name ({', '.join(names)}); rename one of the files")
+    evalsets = load_eval_sets(args.sets)
     model = load_model(args.model, args.arch, args.device)
     results = evaluate(model, evalsets, args.batch_size, progress=not args.no_progress)
     print(

@@ -58,6 +58,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def open_parquet(path: Path) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` with image and label columns, or a one-line error."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise UserInputError(f"cannot read parquet file {path}: {str(exc).splitlines()[0]}") from None
+    missing = {"image", "label"} - set(parquet.schema_arrow.names)
+    if missing:
+        raise UserInputError(
+            f"{path} lacks column(s) {', '.join(sorted(missing))}; expected columns image + label"
+        )
+    return parquet
+
+
 class FaceDataset:
     """Images with identity labels, read on demand. Subclasses set the fields and ``read``."""
 
@@ -110,7 +126,6 @@ class ParquetDataset(FaceDataset):
     CACHED_GROUPS = 4
 
     def __init__(self, path: Path, files: list[Path]) -> None:
-        import pyarrow.parquet as pq
 
         self.path = path
         self._files: list[Any] = []
@@ -118,15 +133,7 @@ class ParquetDataset(FaceDataset):
         self._names: list[str] = []
         self._where: list[tuple[int, int, int]] = []  # (file, row group, row in group) per image
         for f, file in enumerate(files):
-            try:
-                parquet = pq.ParquetFile(file)
-            except Exception as exc:  # pyarrow raises several types for a corrupt file
-                raise UserInputError(f"cannot read parquet file {file}: {str(exc).splitlines()[0]}") from None
-            missing = {"image", "label"} - set(parquet.schema_arrow.names)
-            if missing:
-                raise UserInputError(
-                    f"{file} lacks column(s) {', '.join(sorted(missing))}; expected columns image + label"
-                )
+            parquet = open_parquet(file)
             self._files.append(parquet)
             image_type = parquet.schema_arrow.field("image").type
             has_path = hasattr(image_type, "get_field_index") and image_type.get_field_index("path") >= 0

@@ -6,28 +6,20 @@ both give the same faces on the same ONNX file.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 from facesynth.errors import UserInputError
 from facesynth.filters.align import pad_and_scale, to_rgb
 from facesynth.filters.models import insightface_model, resolve_model_file
-from facesynth.filters.scrfd import HOW_TO_GET, PACK_FILES
+from facesynth.filters.scrfd import HOW_TO_GET, PACK_FILES, SCRFDDetector
 from facesynth.interfaces import Face
-from facesynth.registry import StrictOptions
 
 
 class InsightFaceDetector:
     """SCRFD through ``insightface.model_zoo.get_model`` on a local ONNX file or pack folder."""
 
-    class Options(StrictOptions):
-        model: str = "~/.insightface/models/buffalo_l"  # .onnx file, pack folder, or hub "repo/id/file.onnx"
-        input_size: int = 640  # square network input; a fixed-size model's own size wins
-        threshold: float = 0.5
-        nms_iou: float = 0.4
-        pad: float = 0.25  # border added on every side (x longer side) so tight crops are found
-        device: Literal["auto", "cpu", "cuda"] = "auto"
+    class Options(SCRFDDetector.Options):
+        """The ``scrfd`` detector's options, so a recipe can switch between the two."""
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or self.Options()

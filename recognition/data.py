@@ -25,6 +25,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from facesynth import layout
 from facesynth.errors import UserInputError
+from facesynth.readers import open_parquet
 
 
 class FaceReader(Protocol):
@@ -52,15 +53,7 @@ class ParquetReader:
         self.files = files
         groups, labels = [], []
         for path in files:
-            try:
-                parquet = pq.ParquetFile(path)
-            except Exception as exc:  # pyarrow raises several types for a corrupt file
-                raise UserInputError(f"cannot read parquet file {path}: {str(exc).splitlines()[0]}") from None
-            missing = {"image", "label"} - set(parquet.schema_arrow.names)
-            if missing:
-                raise UserInputError(
-                    f"{path} lacks column(s) {', '.join(sorted(missing))}; expected image + label"
-                )
+            parquet = open_parquet(path)
             for g in range(parquet.num_row_groups):
                 groups.append((path, g))
                 labels.append(parquet.read_row_group(g, columns=["label"]).column(0).to_numpy())

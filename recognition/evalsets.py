@@ -3,6 +3,7 @@
 The API::
 
     load_eval_set(path, name=None) -> EvalSet     # .bin, pairs list (.txt/.csv/.lst) or HF dataset
+    load_eval_sets(paths) -> list[EvalSet]        # several, names checked distinct
     EvalSet.image(i) -> np.ndarray                # image i (of 2N) as insightface feeds it: RGB uint8 HxWx3
     EvalSet.decoded() -> EvalSet                  # every image decoded once (uint8 [2N,112,112,3]), to reuse
 
@@ -289,3 +290,12 @@ def load_eval_set(path: str | Path, name: str | None = None) -> EvalSet:
         f"{path}: unknown eval set form; give a .bin, a pairs list ({'/'.join(PAIRS_LIST_SUFFIXES)}) "
         "or a Hugging Face dataset folder"
     )
+
+
+def load_eval_sets(paths: Sequence[str | Path]) -> list[EvalSet]:
+    """Load several eval sets (results are keyed by name, so names must differ)."""
+    evalsets = [load_eval_set(path) for path in paths]
+    names = [s.name for s in evalsets]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"two eval sets share a name ({', '.join(names)}); rename one of the files")
+    return evalsets
