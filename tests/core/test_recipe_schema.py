@@ -27,7 +27,13 @@ def test_shipped_recipes_validate(schema: dict, recipe: Path) -> None:
 
 def test_component_options_are_a_union_discriminated_by_name(schema: dict) -> None:
     generator = schema["properties"]["generator"]["anyOf"][0]["anyOf"][1]
-    assert set(generator["discriminator"]["mapping"]) == {"arc2face", "idiff-face", "ipadapter-faceid", "tiny", "vec2face"}
+    assert set(generator["discriminator"]["mapping"]) == {
+        "arc2face",
+        "idiff-face",
+        "ipadapter-faceid",
+        "tiny",
+        "vec2face",
+    }
     assert "steps" in schema["$defs"]["generator_arc2face"]["properties"]
     filters = schema["properties"]["filters"]["items"]["anyOf"][1]["discriminator"]["mapping"]
     assert "quality" in filters and "min_blur" in schema["$defs"]["filter_quality"]["properties"]
