@@ -37,17 +37,12 @@ EVAL_FILE = "eval.json"
 
 def add_parser(sub: Any) -> None:
     """The ``benchmark`` sub-command's arguments."""
+    from facesynth.evaluate import add_eval_sets_argument
+
     p = sub.add_parser("benchmark", help="recipe -> dataset -> trained model -> verification table row")
     p.add_argument("recipe", help="dataset recipe YAML")
     p.add_argument("--train-recipe", required=True, help="training recipe YAML (recipes/train/*.yaml)")
-    p.add_argument(
-        "--bin",
-        dest="sets",
-        action="append",
-        required=True,
-        metavar="EVALSET",
-        help="eval set (insightface .bin, pairs list or HF dataset folder); repeatable",
-    )
+    add_eval_sets_argument(p)
     p.add_argument("--out", required=True, help="benchmark folder (dataset/, train/, eval.json)")
     p.add_argument("--baseline", metavar="DATASET", help="also train and evaluate on this real dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

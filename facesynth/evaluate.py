@@ -14,12 +14,8 @@ from typing import Any
 from facesynth.recognition.verification import FIVE_SETS, VerificationResult, average_accuracy
 
 
-def add_parser(sub: Any) -> None:
-    """The ``eval`` sub-command's arguments."""
-    p = sub.add_parser("eval", help="verification accuracy of a face-recognition model on eval sets")
-    p.add_argument(
-        "model", help="facesynth train run folder, arcface_torch backbone file (with --arch), or .onnx"
-    )
+def add_eval_sets_argument(p: argparse.ArgumentParser) -> None:
+    """``--bin EVALSET`` (repeatable), shared by ``facesynth eval`` and ``facesynth benchmark``."""
     p.add_argument(
         "--bin",
         dest="sets",
@@ -28,6 +24,15 @@ def add_parser(sub: Any) -> None:
         metavar="EVALSET",
         help="eval set: insightface .bin, pairs list (path1 path2 0|1) or HF dataset folder; repeatable",
     )
+
+
+def add_parser(sub: Any) -> None:
+    """The ``eval`` sub-command's arguments."""
+    p = sub.add_parser("eval", help="verification accuracy of a face-recognition model on eval sets")
+    p.add_argument(
+        "model", help="facesynth train run folder, arcface_torch backbone file (with --arch), or .onnx"
+    )
+    add_eval_sets_argument(p)
     p.add_argument("--arch", help="architecture of a backbone file: r18, r34, r50, r100, r200")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
