@@ -4,7 +4,8 @@ Run folder::
 
     train.yaml          the resolved recipe (a resume with a different recipe is refused)
     dataset.json        the dataset's fingerprint (path, rows, identities, stats/recipe hash)
-    checkpoint.pt       model, head, optimiser, scheduler, RNG and data position (atomic, every N steps)
+    checkpoint.pt       model, head, optimiser, scheduler, RNG and data position (atomic, every N steps);
+                        the head's class matrix whole, gathered from the processes that shard it
     metrics.csv         step, epoch, loss, lr, images/s and validation results
     model.safetensors   the backbone in arcface_torch's state-dict layout
     model.onnx          [N,3,112,112] RGB in (x-127.5)/127.5 -> [N,512]; an ``arcface-onnx`` embedder
@@ -12,6 +13,11 @@ Run folder::
 Data order and augmentation depend only on (seed, epoch, position), and every other random draw
 (Partial FC sampling) on (seed, step), so a run killed at any point and resumed from its last
 checkpoint makes the same model as an uninterrupted one (bit for bit on CPU).
+
+Across N processes (``accelerate launch`` / ``torchrun``) each process reads its own share of every
+global batch (``EpochBatches``), the backbone is data-parallel (DDP) and the head's class matrix is
+sharded (``heads.py``: Partial FC, model-parallel); only process 0 writes files. A run resumes with
+the process count it was started with.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +40,7 @@ from facesynth import layout
 from facesynth.errors import RecipeError, UserInputError
 from facesynth.recipe import _line_index, _raise_validation, apply_overrides
 from facesynth.recognition.data import EpochBatches, FaceDataset, FaceReader, open_reader, row_groups
-from facesynth.recognition.heads import HEADS, MarginHead
+from facesynth.recognition.heads import HEADS, MarginHead, class_shard
 from facesynth.registry import StrictOptions
 
 Validator = Callable[[torch.nn.Module], dict[str, float]]
@@ -69,8 +76,10 @@ class HeadOptions(StrictOptions):
     h: float = Field(0.333, description="AdaFace's norm concentration")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC: share of class centres per step")
 
-    def build(self, dim: int, num_classes: int) -> MarginHead:
-        kw: dict[str, Any] = {"s": self.s, "sample_rate": self.sample_rate}
+    def build(self, dim: int, num_classes: int, rank: int = 0, world: int = 1, seed: int = 0) -> MarginHead:
+        """The head, holding rank's slice of the class centres when ``world`` processes share it."""
+        kw: dict[str, Any] = {"s": self.s, "sample_rate": self.sample_rate, "rank": rank, "world": world}
+        kw["seed"] = seed
         if self.m is not None:
             kw["m"] = self.m
         if self.name == "adaface":
@@ -360,8 +369,13 @@ def train(
     torch.manual_seed(recipe.seed)
     model = build_backbone(recipe.model)
     num_classes = int(reader.labels.max()) + 1
-    head = recipe.head.build(recipe.model.embedding_size, num_classes)
+    if num_classes < world:
+        raise UserInputError(f"{dataset}: {num_classes} identities cannot be shared by {world} processes")
+    head = recipe.head.build(recipe.model.embedding_size, num_classes, rank, world, recipe.seed)
+    shards = [class_shard(num_classes, r, world) for r in range(world)]
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    # Optimiser state entries of the head's centres: sharded like the centres themselves.
+    head_slots = {len(params) - 1 - i for i, p in enumerate(reversed(list(head.parameters())))}
     if recipe.optim.name == "sgd":
         optimizer = torch.optim.SGD(
             params, lr=recipe.optim.lr, momentum=recipe.optim.momentum, weight_decay=recipe.optim.weight_decay
@@ -376,15 +390,24 @@ def train(
     if ckpt_path.exists():
         # Our own file, but still loaded without arbitrary unpickling.
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("world", 1) != world:
+            raise UserInputError(
+                f"{ckpt_path} was written by a run of {state.get('world', 1)} process(es); resume it with "
+                f"--num_processes {state.get('world', 1)} (the data position depends on the count), "
+                f"or train into a new --out"
+            )
+        start, count = shards[rank]
         model.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
+        head.load_state_dict({**state["head"], "weight": state["head"]["weight"][start : start + count]})
+        optimizer.load_state_dict(_slice_head_state(state["optimizer"], head_slots, start, count))
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
+        torch.set_rng_state(_per_rank(state["rng_cpu"], rank))
         if torch.cuda.is_available() and "rng_cuda" in state:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+            torch.cuda.set_rng_state(_per_rank(state["rng_cuda"], rank))
         step = int(state["step"])
-    model, head, optimizer = accelerator.prepare(model, head, optimizer)
+    # The head is not data-parallel: each process owns its slice of the class centres.
+    head = head.to(accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
     if "scaler" in state and accelerator.scaler is not None:  # fp16 loss scale, for an exact resume
         accelerator.scaler.load_state_dict(state["scaler"])
     if main and recipe.log_with:
@@ -392,19 +415,31 @@ def train(
     metrics = MetricsLog(out / METRICS, step) if main else None
 
     def save_checkpoint() -> None:
+        from accelerate.utils import gather_object
+
         accelerator.wait_for_everyone()
+        # Every process joins the gathers; process 0 writes one file holding the whole class matrix.
+        head_state = {**head.state_dict(), "weight": _gather_rows(accelerator, head.weight.detach(), shards)}
+        optim_state = _gather_head_state(accelerator, optimizer.state_dict(), head_slots, shards)
+        rng_cpu = gather_object([torch.get_rng_state()]) if world > 1 else torch.get_rng_state()
+        rng_cuda = None
+        if torch.cuda.is_available():
+            rng_cuda = (
+                gather_object([torch.cuda.get_rng_state()]) if world > 1 else torch.cuda.get_rng_state()
+            )
         if not main:
             return
         state = {
             "model": accelerator.unwrap_model(model).state_dict(),
-            "head": accelerator.unwrap_model(head).state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "head": head_state,
+            "optimizer": optim_state,
             "scheduler": scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
+            "rng_cpu": rng_cpu,
             "step": step,
+            "world": world,
         }
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if rng_cuda is not None:
+            state["rng_cuda"] = rng_cuda
         if accelerator.scaler is not None:
             state["scaler"] = accelerator.scaler.state_dict()
         _atomic_torch_save(state, ckpt_path)
@@ -422,6 +457,13 @@ def train(
         total=total_steps, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True
     )
     last: dict[str, Any] = {}
+    if world > 1:
+        print(
+            f"facesynth train: process {rank} of {world} reads batches of {recipe.data.batch_size} rows, "
+            f"{steps_per_epoch} per epoch; holds classes {shards[rank][0]}..{sum(shards[rank]) - 1}",
+            file=sys.stderr,
+            flush=True,
+        )
     # A finished run keeps its files untouched (and their hashes, which `facesynth benchmark` caches by).
     finished = step >= total_steps and (out / MODEL).is_file() and (out / ONNX).is_file()
     t0, images = time.perf_counter(), 0
@@ -449,14 +491,17 @@ def train(
         head.train()
         for x, y in loader:
             x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-            generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+            # Partial FC's draw: a function of (seed, step) and, for its own slice, the rank.
+            generator = torch.Generator().manual_seed((recipe.seed * 1_000_003 + step) * world + rank)
             with accelerator.autocast():
                 loss = head(model(x), y, generator)
             accelerator.backward(loss)
+            if recipe.optim.clip_grad_norm or recipe.optim.clip_head_grad_norm:
+                accelerator.unscale_gradients()  # once per step (a second unscale_ is an error in fp16)
             if recipe.optim.clip_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad_norm)
             if recipe.optim.clip_head_grad_norm:
-                accelerator.clip_grad_norm_(head.parameters(), recipe.optim.clip_head_grad_norm)
+                clip_sharded_grad_norm_(list(head.parameters()), recipe.optim.clip_head_grad_norm, world)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -502,6 +547,60 @@ def train(
         export_onnx(net, out / ONNX, recipe.model.input_size)
     accelerator.end_training()
     return last
+
+
+def clip_sharded_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, world: int) -> None:
+    """``clip_grad_norm_`` on parameters sharded across processes: the norm is the whole matrix's."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    squares = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+    if world > 1:
+        torch.distributed.all_reduce(squares)
+    coef = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)  # torch's clip_grad_norm_ formula
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+
+
+def _per_rank(saved: Any, rank: int) -> torch.Tensor:
+    """A saved RNG state: one per process (a list) or, from a one-process run, a single tensor."""
+    return saved[rank] if isinstance(saved, list) else saved
+
+
+def _gather_rows(accelerator: Any, local: torch.Tensor, shards: list[tuple[int, int]]) -> torch.Tensor:
+    """The whole matrix from every process's row slice (slices may differ in size by one row)."""
+    if len(shards) == 1:
+        return local.cpu()
+    padded = accelerator.pad_across_processes(local.contiguous(), dim=0)
+    rows = accelerator.gather(padded).cpu()
+    size = padded.shape[0]
+    return torch.cat([rows[r * size : r * size + count] for r, (_, count) in enumerate(shards)])
+
+
+def _gather_head_state(
+    accelerator: Any, state: dict[str, Any], slots: set[int], shards: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """The optimiser state with the head's per-centre entries (momentum, Adam moments) gathered whole."""
+    count = shards[accelerator.process_index][1]
+    per_param = dict(state["state"])
+    for slot in sorted(slots & per_param.keys()):
+        entries = dict(per_param[slot])
+        for key, value in entries.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == count:
+                entries[key] = _gather_rows(accelerator, value, shards)
+        per_param[slot] = entries
+    return {**state, "state": per_param}
+
+
+def _slice_head_state(state: dict[str, Any], slots: set[int], start: int, count: int) -> dict[str, Any]:
+    """This process's rows of the head's per-centre optimiser entries of a checkpoint."""
+    per_param = dict(state["state"])
+    for slot in slots & per_param.keys():
+        per_param[slot] = {
+            key: value[start : start + count] if torch.is_tensor(value) and value.dim() > 0 else value
+            for key, value in per_param[slot].items()
+        }
+    return {**state, "state": per_param}
 
 
 def bin_validator(sets: list[str]) -> Validator:
