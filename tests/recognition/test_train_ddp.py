@@ -1,5 +1,5 @@
-"""facesynth train under ``accelerate launch`` with 2 real processes (gloo on CPU): sharded data and head,
-files written once, and a SIGKILL of the whole job resumed to the same model as an uninterrupted run."""
+"""facesynth train with 2 real processes (gloo on CPU): ``accelerate launch`` of the CLI, sharded data and
+head, files written once, and a SIGKILL of both processes resumed to the same model as an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import yaml
 from recog_helpers import identity_faces, make_face_dataset
 from safetensors.torch import load_file
@@ -42,34 +43,67 @@ def _launch(dataset: Path, recipe: Path, out: Path) -> subprocess.Popen:
         "-m", "facesynth.cli", "train", str(dataset), "--recipe", str(recipe), "--out", str(out), "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # A session of its own, so the kill takes the launcher and both training processes down together.
     return subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
 
 
+def _train_rank(rank: int, port: int, dataset: Path, recipe: Path, out: Path) -> None:
+    """One process of a 2-process run forked from pytest: the environment torchrun / accelerate launch set."""
+    from accelerate.state import AcceleratorState
+
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    )
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)  # the parent's one-process state is inherited
+    train(dataset, load_train_recipe(recipe), out, progress=False)
+
+
+def _fork_run(dataset: Path, recipe: Path, out: Path) -> list:
+    """A 2-process gloo run of ``train()`` in processes forked from this one (no imports to repeat)."""
+    import accelerate  # noqa: F401  imported once here rather than in every forked process
+    import torch._dynamo  # noqa: F401  (torch.optim and DDP import it)
+    import torch.onnx  # noqa: F401
+
+    port = free_port()
+    procs = [
+        mp.get_context("fork").Process(target=_train_rank, args=(r, port, dataset, recipe, out))
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    return procs
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """The same 2-process run uninterrupted, and SIGKILLed (all processes) after a checkpoint then resumed."""
+    """The same 2-process run three ways: ``accelerate launch`` of the CLI, uninterrupted; and a run
+    whose two processes are SIGKILLed after a checkpoint, then resumed by two new processes."""
     root = tmp_path_factory.mktemp("ddp")
     dataset = make_face_dataset(root / "data", identity_faces()[:16], 5)
     recipe = root / "ddp.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
     straight, resumed = root / "straight", root / "resumed"
-    first = _launch(dataset, recipe, straight)
-    killed = _launch(dataset, recipe, resumed)
+    launched = _launch(dataset, recipe, straight)
+    killed = _fork_run(dataset, recipe, resumed)
     deadline = time.monotonic() + 240
-    while not (resumed / "checkpoint.pt").exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    while not (resumed / "checkpoint.pt").exists() and all(p.is_alive() for p in killed):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    for p in killed:
+        os.kill(p.pid, signal.SIGKILL)
+    for p in killed:
+        p.join()
+    assert [p.exitcode for p in killed] == [-signal.SIGKILL] * 2, "the run finished before it could be killed"
     assert not (resumed / "model.safetensors").exists()
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err.decode()[-3000:]
-    again = _launch(dataset, recipe, resumed)
-    _, err2 = again.communicate(timeout=300)
-    assert again.returncode == 0, err2.decode()[-3000:]
+    again = _fork_run(dataset, recipe, resumed)
+    for p in again:
+        p.join(timeout=300)
+    assert [p.exitcode for p in again] == [0, 0]
+    _, err = launched.communicate(timeout=300)
+    assert launched.returncode == 0, err.decode()[-3000:]
     (straight / "stderr.txt").write_bytes(err)
     return {"dataset": dataset, "recipe": recipe, "straight": straight, "resumed": resumed}
 
