@@ -78,8 +78,8 @@ class HeadOptions(StrictOptions):
 
     def build(self, dim: int, num_classes: int, rank: int = 0, world: int = 1, seed: int = 0) -> MarginHead:
         """The head, holding rank's slice of the class centres when ``world`` processes share it."""
-        kw: dict[str, Any] = {"s": self.s, "sample_rate": self.sample_rate, "rank": rank, "world": world}
-        kw["seed"] = seed
+        kw: dict[str, Any] = {"s": self.s, "sample_rate": self.sample_rate}
+        kw |= {"rank": rank, "world": world, "seed": seed}
         if self.m is not None:
             kw["m"] = self.m
         if self.name == "adaface":

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,12 +122,13 @@ def _held_out(held: Path, size: int = 112) -> tuple[torch.Tensor, np.ndarray]:
 @pytest.mark.slow
 def test_training_beats_the_untrained_backbone_on_held_out_identities(faces, tmp_path) -> None:
     train_set, held = faces
-    # 64 px inputs (the faces are 25 px anyway) keep this CPU run short.
+    # 48 px inputs (the faces are 25 px anyway) keep this CPU run short: 120 steps cost about half the
+    # CPU time of 64 px. 60 steps at 64 px did not learn (0.77 after, 0.78 before).
     recipe = parse_train_recipe(
-        _recipe(), overrides=["schedule.max_steps=120", "checkpoint_every=1000", "model.input_size=64"]
+        _recipe(), overrides=["schedule.max_steps=120", "checkpoint_every=1000", "model.input_size=48"]
     )
     train(train_set, recipe, tmp_path / "run", progress=False)
-    x, labels = _held_out(held, 64)
+    x, labels = _held_out(held, 48)
     torch.manual_seed(0)
     untrained = build_backbone(recipe.model).eval()
     trained = build_backbone(recipe.model).eval()
@@ -134,7 +136,7 @@ def test_training_beats_the_untrained_backbone_on_held_out_identities(faces, tmp
     with torch.no_grad():
         before = _balanced_accuracy(untrained(x).numpy(), labels)
         after = _balanced_accuracy(trained(x).numpy(), labels)
-    # Measured: untrained ~0.78, trained ~0.86-0.91 balanced accuracy.
+    # Measured (48 px, recipe seeds 0/1/2): untrained 0.75, trained 0.93 / 0.87 / 0.83 balanced accuracy.
     assert after > before + 0.06, (before, after)
 
 
@@ -159,7 +161,8 @@ def _cli(dataset: Path, recipe: Path, out: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(faces, tmp_path_factory) -> tuple[Path, Path]:
-    """The same 12-step run twice: uninterrupted (in process), and SIGKILLed after a checkpoint, then resumed."""
+    """The same 12-step run twice: uninterrupted (in process), and a CLI run SIGKILLed after a checkpoint, then
+    resumed by the same command."""
     root = tmp_path_factory.mktemp("resume")
     recipe_file = root / "tiny.yaml"
     recipe_file.write_text(
@@ -168,22 +171,31 @@ def killed_and_resumed(faces, tmp_path_factory) -> tuple[Path, Path]:
             schedule={"epochs": 30, "milestones": [2], "max_steps": 12},
         )
     )
-    straight = root / "straight"
+    straight, resumed = root / "straight", root / "resumed"
+    proc = _cli(faces[0], recipe_file, resumed)
+
+    def kill_at_first_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while (
+            not (resumed / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+
+    # The uninterrupted run trains here while the CLI run starts (its imports take seconds).
+    watcher = threading.Thread(target=kill_at_first_checkpoint)
+    watcher.start()
     torch.set_num_threads(1)
     train(faces[0], load_train_recipe(recipe_file), straight, progress=False)
-
-    resumed = root / "resumed"
-    proc = _cli(faces[0], recipe_file, resumed)
-    deadline = time.monotonic() + 240
-    while not (resumed / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    watcher.join()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (resumed / "model.safetensors").exists()
-    proc = _cli(faces[0], recipe_file, resumed)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    # The same command again, in this process (a subprocess would only repeat the imports).
+    from facesynth.cli import main
+
+    args = ["train", str(faces[0]), "--recipe", str(recipe_file), "--out", str(resumed), "--no-progress"]
+    assert main(args) == 0
     return straight, resumed
 
 

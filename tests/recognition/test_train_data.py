@@ -57,6 +57,8 @@ def test_batches_resume_at_a_step_and_split_across_ranks() -> None:
     rank1 = list(EpochBatches(sizes, 4, seed=0, epoch=2, rank=1, world=2))
     assert len(rank0) == len(rank1) == 4
     assert [b for pair in zip(rank0, rank1, strict=True) for b in pair] == full  # global batch = both ranks
+    rows = [[row for batch in batches for _, _, row in batch] for batches in (rank0, rank1)]
+    assert sorted(rows[0] + rows[1]) == list(range(32))  # disjoint, and together every row of the epoch
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_position(small_dataset) -> None:
