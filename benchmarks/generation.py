@@ -86,8 +86,9 @@ def time_facesynth(generator, images: int) -> float:
 def time_run(size: int, steps: int, guidance: float, batch: int, images: int, batch_invariant: bool) -> float:
     """Images/s of a whole ``facesynth run`` (filters off) once the model is loaded: units + finalize."""
     from facesynth.finalize import finalize
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import load_worker, prepare, run_units
+    from facesynth.runner import load_worker, run_units
 
     per_identity = 4
     overrides = [
@@ -131,8 +132,9 @@ def vec2face_recipe(folder: Path, centres: Path, out: Path, images: int, batch: 
 def time_vec2face_run(recipe: Path) -> tuple[float, float]:
     """(images/s of a whole ``facesynth run`` once the model is loaded, seconds spent in the model)."""
     from facesynth.finalize import finalize
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import load_worker, prepare, run_units
+    from facesynth.runner import load_worker, run_units
 
     out = Path(load_recipe(recipe).output.dir)
     shutil.rmtree(out, ignore_errors=True)

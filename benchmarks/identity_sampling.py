@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facesynth.faces.gallery import Gallery
 from facesynth.identity.bank import select_separated
-from facesynth.identity.gallery import Gallery
 from facesynth.identity.samplers import GaussianSampler, SphereSampler
-from facesynth.identity.separation import SAFETY
+from facesynth.separation import SAFETY
 
 
 def prior(dim: int, exponent: float, seed: int = 0) -> GaussianSampler:

@@ -54,8 +54,9 @@ def bare_images_per_s(generator, images: int, batch: int, steps: int) -> float:
 
 def run_images_per_s(root: Path, images: int, batch: int, steps: int) -> float:
     from facesynth.finalize import finalize
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import load_worker, prepare, run_units
+    from facesynth.runner import load_worker, run_units
 
     recipe = {
         "name": "idiff-bench",

@@ -25,8 +25,9 @@ def child(size: int, identities: int, per_unit: int, images: int, out: Path) -> 
     import torch
 
     from facesynth.finalize import finalize
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import load_worker, prepare, run_units
+    from facesynth.runner import load_worker, run_units
 
     torch.set_num_threads(1)
     recipe = load_recipe(

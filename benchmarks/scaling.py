@@ -46,8 +46,8 @@ def measure(
 ) -> tuple[float, float]:
     """Units per second of ``processes`` workers running ``units_per_process`` units each, and the
     mean CPU cores each worker process kept busy (its generator thread plus its filter thread)."""
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import prepare
 
     total = processes * units_per_process
     out = Path(tempfile.mkdtemp(dir=workdir)) / "out"

@@ -9,8 +9,8 @@ from PIL import Image
 
 from facesynth import layout
 from facesynth.errors import UserInputError
+from facesynth.prepare import output_dir
 from facesynth.recipe import Recipe, load_recipe
-from facesynth.runner import output_dir
 
 
 def run(
@@ -47,7 +47,8 @@ def regenerate(out: str | Path, identity: int, attempt: int, exact: bool = True)
     from facesynth.generators import load_generator
     from facesynth.identity import VARIATIONS
     from facesynth.identity.bank import IdentityBank
-    from facesynth.pipeline import UnitPlan, Worker
+    from facesynth.rounds import UnitPlan
+    from facesynth.worker import Worker
 
     out = Path(out)
     recipe = load_recipe(out / layout.RECIPE)
@@ -78,7 +79,7 @@ def regenerate(out: str | Path, identity: int, attempt: int, exact: bool = True)
 
 def _recorded_conditions(out: Path, identity: int) -> dict[str, Any] | None:
     """What the unit of ``identity`` was made with: from its done-marker, or from stats.json once finalized."""
-    from facesynth.runner import read_run
+    from facesynth.prepare import read_run
 
     run = read_run(out)
     if run is None:

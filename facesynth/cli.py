@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--out", required=True, help="bank file to write (.safetensors)")
 
+    p = sub.add_parser("gallery", help="embed real people's photos into a gallery file (records its space)")
+    p.add_argument("root", help="folder with one subfolder of face images per identity")
+    p.add_argument("--embedder", default="dlib", help="embedder name or mapping, e.g. '{name: dlib}'")
+    p.add_argument("--out", required=True, help="gallery file to write (.safetensors)")
+    p.add_argument("--max-images", type=int, help="images per identity at most")
+
     p = sub.add_parser("filter", help="run a recipe's filters over an existing dataset")
     p.add_argument("input", help="image folder (one subfolder per identity) or parquet dataset")
     p.add_argument("--recipe", required=True, help="recipe whose filters (and output options) to use")
@@ -161,7 +167,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def dataset_info(out: Path) -> dict[str, Any]:
     """What a dataset holds, or how far a run in progress is."""
-    from facesynth.runner import read_run
+    from facesynth.prepare import read_run
 
     if (out / layout.STATS).exists():
         from facesynth.schema import features_of
@@ -217,8 +223,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_identities(args: argparse.Namespace) -> int:
+    from facesynth.faces.gallery import Gallery
     from facesynth.identity.bank import build_bank, separation_stats
-    from facesynth.identity.gallery import Gallery
     from facesynth.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -288,6 +294,7 @@ COMMANDS = {
     "info": cmd_info,
     "schema": cmd_schema,
     "identities": cmd_identities,
+    "gallery": lambda args: _stage_command("facesynth.identity.gallery_command", "cmd_gallery", args),
     "filter": cmd_filter,
     "finalize": cmd_finalize,
     "push": cmd_push,

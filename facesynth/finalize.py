@@ -27,8 +27,8 @@ from facesynth import __version__, layout
 from facesynth.card import write_card
 from facesynth.conditions import check_mixable, grouped
 from facesynth.errors import FacesynthError, UserInputError
+from facesynth.prepare import read_run
 from facesynth.recipe import load_recipe
-from facesynth.runner import read_run
 from facesynth.schema import (
     CENTROID_PREFIX,
     IDENTITY_TABLE,

@@ -93,8 +93,8 @@ def _takes_component(annotation: Any) -> bool:
 
 
 def _resolve_nested(options: dict[str, Any], model: Any) -> dict[str, Any]:
-    from facesynth.filters import DETECTORS
-    from facesynth.identity import EMBEDDERS, SAMPLERS
+    from facesynth.faces import DETECTORS, EMBEDDERS
+    from facesynth.identity import SAMPLERS
 
     registries = {"detector": DETECTORS, "embedder": EMBEDDERS, "sampler": SAMPLERS}
     for key in _NESTED:

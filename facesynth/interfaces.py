@@ -3,7 +3,7 @@
 Data flows one way: an ``IdentitySampler`` draws identity vectors, a ``Generator`` renders
 images from them, ``Filter``s score and reject ``Candidate`` images, and the writer stores
 what survives. ``Detector`` and ``Embedder`` are the face models the filters and the
-``images`` sampler share.
+``images`` sampler share (``facesynth.faces``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Embedder(Protocol):
     """Turns faces into L2-normalised identity vectors of dimension ``dim``.
 
     ``space`` names the vector space: ``"<family>:<sha256 of the model file(s)>"``
-    (``facesynth.filters.models.embedding_space``). Vectors are cached and compared by space,
+    (``facesynth.faces.models.embedding_space``). Vectors are cached and compared by space,
     never by ``name``: two ArcFace files are two spaces, one file loaded by two embedders is one.
     """
 
@@ -66,11 +66,13 @@ class IdentitySampler(Protocol):
     """Proposes candidate identity vectors; the bank builder decides which to keep.
 
     ``names[k]`` names the k-th candidate ever drawn (a folder of the ``images`` sampler), or
-    ``names`` is None for anonymous candidates.
+    ``names`` is None for anonymous candidates. ``space`` is the ``Embedder.space`` of the vectors
+    when the sampler knows it (the ``images`` sampler's embedder), else None.
     """
 
     dim: int
     names: list[str] | None
+    space: str | None
 
     def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Return float32 [count, dim] candidates (fewer only when a finite source runs out)."""
@@ -97,6 +99,24 @@ class Generator(Protocol):
     # as dataset columns. Empty for most generators.
     score_columns: tuple[str, ...]
     uses_prompts: ClassVar[bool]  # whether ``generate`` follows per-image text prompts
+
+    @classmethod
+    def image_size(cls, options: Any) -> int:
+        """Side in pixels of the square images made with the validated ``options``, without loading.
+
+        Sizes the units before the generator is loaded; where the weights decide (a checkpoint's
+        config), the published size.
+        """
+        ...
+
+    @classmethod
+    def check_weights(cls, options: Any) -> None:
+        """Raise ``ModelNotFoundError`` when a weight file the ``options`` name is missing; loads nothing.
+
+        Run before the identity bank is built, so a missing weight fails in seconds, not after the
+        bank: the message names the Hub repo or folder and how to pre-download it.
+        """
+        ...
 
     def describe(self) -> dict[str, Any]:
         """What made the images, as loaded (resolved weights and revisions, steps, dtype, ...).

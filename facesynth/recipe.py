@@ -322,9 +322,10 @@ def recipe_json_schema() -> dict[str, Any]:
     """JSON Schema of recipes, for editors: every component section is a union of the registered
     components' options, discriminated by ``name`` (nested detectors and embedders too)."""
     from facesynth.executors import EXECUTORS
-    from facesynth.filters import DETECTORS, FILTERS
+    from facesynth.faces import DETECTORS, EMBEDDERS
+    from facesynth.filters import FILTERS
     from facesynth.generators import GENERATORS
-    from facesynth.identity import EMBEDDERS, SAMPLERS, VARIATIONS
+    from facesynth.identity import SAMPLERS, VARIATIONS
 
     schema = Recipe.model_json_schema()
     defs = schema.setdefault("$defs", {})

@@ -20,11 +20,15 @@ from tqdm.auto import tqdm
 
 from facesynth import __version__, layout
 from facesynth.errors import UserInputError
+from facesynth.filtering import UnitFiltering
 from facesynth.finalize import finalize, is_finalized
 from facesynth.interfaces import Candidate
-from facesynth.pipeline import UnitPlan, UnitState, Worker, write_unit
+from facesynth.prepare import clear_output, read_run
 from facesynth.recipe import Recipe, load_recipe
-from facesynth.runner import clean_partial_files, clear_output, read_run
+from facesynth.rounds import UnitPlan
+from facesynth.runner import clean_partial_files
+from facesynth.unit_writer import write_unit
+from facesynth.worker import Worker
 
 BATCH = 16  # candidates handed to the filter stage at once; the filters' groups do not depend on it
 
@@ -53,7 +57,7 @@ def _filter_unit(
     started = time.perf_counter()
     start = unit * worker.plan.identities_per_unit
     identities = range(start, start + len(groups))
-    state = UnitState(worker, identities)
+    state = UnitFiltering(worker, identities)
     candidates = []
     for offset, (identity_name, images) in enumerate(groups):
         for index, (image_name, image) in enumerate(images):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facesynth.interfaces import Detector, Filter
+from facesynth.interfaces import Filter
 from facesynth.registry import Registry
 
 FILTERS: Registry[Filter] = Registry(
@@ -17,15 +17,6 @@ FILTERS: Registry[Filter] = Registry(
         "quality": "facesynth.filters.quality:QualityFilter",
         "duplicates": "facesynth.filters.duplicates:DuplicatesFilter",
         "fiqa-onnx": "facesynth.filters.fiqa:FIQAFilter",
-    },
-)
-
-DETECTORS: Registry[Detector] = Registry(
-    "detector",
-    {
-        "dlib": "facesynth.filters.dlib_detector:DlibDetector",
-        "scrfd": "facesynth.filters.scrfd:SCRFDDetector",
-        "insightface": "facesynth.filters.insightface_detector:InsightFaceDetector",
     },
 )
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from facesynth.errors import UserInputError
-from facesynth.filters.align import to_rgb
-from facesynth.filters.models import get_embedder, split_spec
+from facesynth.faces.align import to_rgb
+from facesynth.faces.models import get_embedder, split_spec
 from facesynth.interfaces import Candidate, Embedder, FilterContext
 
 # Per-embedder defaults for the cosine thresholds. ArcFace values are the field's (Vec2Face,

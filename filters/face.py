@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from facesynth.filters.align import align, main_face, to_rgb
-from facesynth.filters.models import get_detector
+from facesynth.faces.align import align, main_face, to_rgb
+from facesynth.faces.models import get_detector
 from facesynth.interfaces import Candidate, Face, FilterContext
 from facesynth.registry import StrictOptions
 

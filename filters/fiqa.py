@@ -12,8 +12,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from facesynth.filters.align import align, to_rgb
-from facesynth.filters.models import onnx_session, resolve_model_file
+from facesynth.faces.align import align, to_rgb
+from facesynth.faces.models import onnx_session, resolve_model_file
 from facesynth.interfaces import Candidate, FilterContext
 from facesynth.registry import StrictOptions
 

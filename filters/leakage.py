@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from facesynth.errors import UserInputError
 from facesynth.filters.embedding import EmbeddingFilter, threshold
 from facesynth.interfaces import Candidate, FilterContext
 from facesynth.registry import StrictOptions
 
 
 class LeakageFilter(EmbeddingFilter):
-    """Max cosine to a real-identity gallery (``facesynth.identity.gallery``) must stay <= ``max_cosine``.
+    """Max cosine to a real-identity gallery (``facesynth.faces.gallery``) must stay <= ``max_cosine``.
 
     The gallery must hold embeddings made by the same embedder as this filter's.
     """
@@ -31,14 +30,12 @@ class LeakageFilter(EmbeddingFilter):
     def __init__(self, options: Options) -> None:
         super().__init__(options)
         self.max_cosine = threshold(self.name, self.embedder, options.max_cosine)
-        from facesynth.identity.gallery import Gallery
+        from facesynth.faces.gallery import Gallery
 
         self.gallery = Gallery(Path(options.gallery).expanduser())
-        if self.gallery.dim != self.embedder.dim:
-            raise UserInputError(
-                f"leakage gallery {options.gallery} holds {self.gallery.dim}-d vectors but embedder "
-                f"'{self.embedder.name}' gives {self.embedder.dim}-d ones; embed the gallery with the same model"
-            )
+        self.gallery.check_space(
+            self.embedder.space, self.embedder.dim, f"the leakage filter's embedder '{self.embedder.name}'"
+        )
 
     def __call__(self, batch: Sequence[Candidate], context: FilterContext) -> None:
         candidates = self.embeddings(batch)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from facesynth.filters.align import ARCFACE_TEMPLATE, to_rgb
+from facesynth.faces.align import ARCFACE_TEMPLATE, to_rgb
 from facesynth.interfaces import Candidate, Face, FilterContext
 from facesynth.registry import StrictOptions
 

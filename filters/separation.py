@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from facesynth.faces.models import split_spec
 from facesynth.filters.embedding import (
     EmbeddingFilter,
     accepted_centroid,
@@ -15,7 +16,6 @@ from facesynth.filters.embedding import (
     threshold,
     unit,
 )
-from facesynth.filters.models import split_spec
 from facesynth.interfaces import Candidate, FilterContext
 from facesynth.registry import StrictOptions
 

@@ -32,6 +32,7 @@ from facesynth.errors import FacesynthError, UserInputError
 from facesynth.generators.checkpoints import (
     ARC2FACE_LAYOUT,
     SD15_VAE_LAYOUT,
+    Layout,
     check_vectors,
     dtype_name,
     out_of_memory_error,
@@ -76,6 +77,13 @@ class Arc2FaceOptions(StrictOptions):
         if size % 8:
             raise ValueError(f"size must be a multiple of 8 (the VAE downsamples by 8), got {size}")
         return size
+
+
+def lcm_lora_source(lcm_lora: bool | str) -> tuple[str, None, Layout, str]:
+    """``resolve_checkpoint`` arguments for ``generator.lcm_lora`` (true: the published LCM-LoRA)."""
+    source = LCM_LORA if lcm_lora is True else str(lcm_lora)
+    layout = single_file_layout(LCM_LORA_FILE, f"an LCM-LoRA folder ({LCM_LORA_FILE})")
+    return source, None, layout, "generator.lcm_lora"
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -192,7 +200,7 @@ def initial_latents(
 
 def arc2face_space(model_dir: Path) -> str | None:
     """The space of the ``arcface.onnx`` shipped in an Arc2Face folder (None, with a warning, without it)."""
-    from facesynth.filters.models import embedding_space
+    from facesynth.faces.models import embedding_space
 
     path = model_dir / "arcface.onnx"
     if not path.is_file():
@@ -218,6 +226,17 @@ class Arc2FaceGenerator:
     embedding_space: str | None = None
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
     score_columns: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def image_size(cls, options: Arc2FaceOptions) -> int:
+        return options.size
+
+    @classmethod
+    def check_weights(cls, options: Arc2FaceOptions) -> None:
+        resolve_checkpoint(options.model, options.revision, ARC2FACE_LAYOUT, "generator.model")
+        resolve_checkpoint(options.base_model, options.base_revision, SD15_VAE_LAYOUT, "generator.base_model")
+        if options.lcm_lora:
+            resolve_checkpoint(*lcm_lora_source(options.lcm_lora))
 
     def __init__(self, options: Arc2FaceOptions, *, space_from_weights: bool = True) -> None:
         from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -285,9 +304,7 @@ class Arc2FaceGenerator:
 
     def _load_lcm_lora(self) -> None:
         require_peft("generator.lcm_lora", "LCM-LoRA")  # before any download
-        source = LCM_LORA if self.options.lcm_lora is True else str(self.options.lcm_lora)
-        layout = single_file_layout(LCM_LORA_FILE, f"an LCM-LoRA folder ({LCM_LORA_FILE})")
-        self.lcm_lora_dir = resolve_checkpoint(source, None, layout, "generator.lcm_lora")
+        self.lcm_lora_dir = resolve_checkpoint(*lcm_lora_source(self.options.lcm_lora))
         self.pipe.load_lora_weights(self.lcm_lora_dir, weight_name=LCM_LORA_FILE)
         self.pipe.fuse_lora()  # merged into the UNet weights: no LoRA cost per step
 

@@ -85,6 +85,16 @@ def layout_help(checkpoint: str) -> str:
     )
 
 
+def model_root(options: IDiffFaceOptions) -> Path:
+    """The checkpoint folder ``generator.model``, which must exist."""
+    root = Path(options.model).expanduser()
+    if not root.is_dir():
+        raise ModelNotFoundError(
+            f"generator.model: folder {root} does not exist; {layout_help(options.checkpoint)}"
+        )
+    return root.resolve()
+
+
 def find_file(root: Path, stem_or_name: str, suffixes: Sequence[str], checkpoint: str) -> Path:
     """``stem + suffix`` under ``root`` (a .safetensors first), else a ModelNotFoundError naming the first."""
     for suffix in sorted(suffixes, key=lambda s: s != ".safetensors"):
@@ -652,17 +662,25 @@ class IDiffFaceGenerator:
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # ElasticFace-style unit embeddings
     score_columns: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def image_size(cls, options: IDiffFaceOptions) -> int:
+        return 128  # the published checkpoints'; the training config in the folder decides
+
+    @classmethod
+    def check_weights(cls, options: IDiffFaceOptions) -> None:
+        root = model_root(options)
+        config_name, weights_stem = unet_files(options.checkpoint)
+        find_file(root, config_name, ("",), options.checkpoint)
+        find_file(root, weights_stem, (".ckpt", ".safetensors"), options.checkpoint)
+        find_file(root, FIRST_STAGE_CONFIG, ("",), options.checkpoint)
+        find_file(root, DECODER_STEM, (".pt", ".safetensors"), options.checkpoint)
+
     def __init__(self, options: IDiffFaceOptions) -> None:
         self.options = options
         self.batch_size = options.batch_size
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype, self.device)
-        root = Path(options.model).expanduser()
-        if not root.is_dir():
-            raise ModelNotFoundError(
-                f"generator.model: folder {root} does not exist; {layout_help(options.checkpoint)}"
-            )
-        self.root = root.resolve()
+        self.root = model_root(options)
         self.unet, self.T, self.latent_shape = self._load_unet()
         self.decoder = self._load_decoder()
         self.schedule = linear_schedule(self.T)

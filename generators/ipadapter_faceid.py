@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from facesynth.errors import UserInputError
+from facesynth.faces.arcface_onnx import BUFFALO_L_SPACE
 from facesynth.generators.arc2face import (
     SchedulerName,
     initial_latents,
@@ -27,6 +28,7 @@ from facesynth.generators.arc2face import (
 )
 from facesynth.generators.checkpoints import (
     SD15_FULL_LAYOUT,
+    Layout,
     check_vectors,
     dtype_name,
     out_of_memory_error,
@@ -37,7 +39,6 @@ from facesynth.generators.checkpoints import (
     single_file_layout,
     snapshot_commit,
 )
-from facesynth.identity.arcface_onnx import BUFFALO_L_SPACE
 from facesynth.registry import StrictOptions
 
 DEFAULT_PROMPT = "a photo of a person, face, natural light, high quality"
@@ -70,6 +71,10 @@ class IPAdapterFaceIDOptions(StrictOptions):
         if size % 8:
             raise ValueError(f"size must be a multiple of 8 (the VAE downsamples by 8), got {size}")
         return size
+
+
+def adapter_layout(options: IPAdapterFaceIDOptions) -> Layout:
+    return single_file_layout(options.weight_name, f"an IP-Adapter FaceID folder ({options.weight_name})")
 
 
 def load_adapter_state(path: Any) -> dict[str, dict[str, torch.Tensor]]:
@@ -117,6 +122,17 @@ class IPAdapterFaceIDGenerator:
     dim = 512
     uses_prompts = True
 
+    @classmethod
+    def image_size(cls, options: IPAdapterFaceIDOptions) -> int:
+        return options.size
+
+    @classmethod
+    def check_weights(cls, options: IPAdapterFaceIDOptions) -> None:
+        resolve_checkpoint(
+            options.base_model, options.base_revision, SD15_FULL_LAYOUT, "generator.base_model"
+        )
+        resolve_checkpoint(options.adapter, options.revision, adapter_layout(options), "generator.adapter")
+
     def __init__(self, options: IPAdapterFaceIDOptions) -> None:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -128,10 +144,9 @@ class IPAdapterFaceIDGenerator:
         self.base_dir = resolve_checkpoint(
             options.base_model, options.base_revision, SD15_FULL_LAYOUT, "generator.base_model"
         )
-        layout = single_file_layout(
-            options.weight_name, f"an IP-Adapter FaceID folder ({options.weight_name})"
+        self.adapter_dir = resolve_checkpoint(
+            options.adapter, options.revision, adapter_layout(options), "generator.adapter"
         )
-        self.adapter_dir = resolve_checkpoint(options.adapter, options.revision, layout, "generator.adapter")
 
         load = {"torch_dtype": self.dtype}
         scheduler_config = json.loads((self.base_dir / "scheduler" / "scheduler_config.json").read_text())

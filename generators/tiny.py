@@ -339,6 +339,14 @@ class TinyGenerator:
     input_scale: ClassVar[Literal["unit", "raw"]] = "unit"  # vectors are L2-normalised here
     score_columns: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def image_size(cls, options: TinyOptions) -> int:
+        return options.size
+
+    @classmethod
+    def check_weights(cls, options: TinyOptions) -> None:
+        """Nothing to check: the tiny weights are built on first use."""
+
     def __init__(self, options: TinyOptions) -> None:
         self.options = options
         model, base = build_tiny_checkpoints(options.cache_dir)

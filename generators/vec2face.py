@@ -694,6 +694,14 @@ class Vec2FaceGenerator:
     embedding_space: str | None = None  # Vec2Face's own ArcFace r100 (glint360k), not a filter embedder
     score_columns: tuple[str, ...] = ()
 
+    @classmethod
+    def image_size(cls, options: Vec2FaceOptions) -> int:
+        return 112  # the published decoder's; a model folder's config.json may say otherwise
+
+    @classmethod
+    def check_weights(cls, options: Vec2FaceOptions) -> None:
+        resolve_checkpoint(options.model, options.revision, VEC2FACE_LAYOUT, "generator.model")
+
     def __init__(self, options: Vec2FaceOptions) -> None:
         self.options = options
         self.batch_size = options.batch_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facesynth.interfaces import Embedder, IdentitySampler
+from facesynth.interfaces import IdentitySampler
 from facesynth.registry import Registry
 
 SAMPLERS: Registry[IdentitySampler] = Registry(
@@ -17,15 +17,6 @@ SAMPLERS: Registry[IdentitySampler] = Registry(
     },
 )
 
-EMBEDDERS: Registry[Embedder] = Registry(
-    "embedder",
-    {
-        "arcface-onnx": "facesynth.identity.arcface_onnx:ArcFaceONNXEmbedder",
-        "dlib": "facesynth.identity.dlib_embedder:DlibEmbedder",
-        "insightface": "facesynth.identity.insightface_embedder:InsightFaceEmbedder",
-    },
-)
-
 VARIATIONS: Registry[Any] = Registry(
     "variation",
     {
@@ -34,8 +25,3 @@ VARIATIONS: Registry[Any] = Registry(
         "gaussian": "facesynth.identity.variations:GaussianVariation",
     },
 )
-
-
-def load_embedder(name: str, **options: Any) -> Embedder:
-    """Build embedder ``name``, e.g. ``load_embedder("dlib")``."""
-    return EMBEDDERS.create(name, **options)

@@ -4,7 +4,7 @@
 and kept unless their cosine to an already kept identity exceeds ``max_cosine`` or their cosine
 to a gallery vector reaches ``max_gallery_cosine``. The result equals the naive one-by-one greedy
 over the same candidate stream, but is computed block by block with matrix products
-(see ``facesynth.identity.separation`` for the bfloat16 screen and its exact re-check, and
+(see ``facesynth.separation`` for the bfloat16 screen and its exact re-check, and
 ``facesynth.identity.int8_screen`` for the int8 screen used on CPUs).
 """
 
@@ -25,8 +25,8 @@ import torch
 
 from facesynth import layout
 from facesynth.errors import UserInputError
+from facesynth.faces.gallery import Gallery
 from facesynth.identity import SAMPLERS
-from facesynth.identity.gallery import Gallery
 from facesynth.identity.int8_screen import (
     GROUP_HEADROOM,
     Int8Keys,
@@ -35,7 +35,10 @@ from facesynth.identity.int8_screen import (
 )
 from facesynth.identity.int8_screen import resolve_in_order as resolve_in_order_int8
 from facesynth.identity.options import BankOptions
-from facesynth.identity.separation import (
+from facesynth.identity.spread import spread_vectors
+from facesynth.interfaces import IdentitySampler
+from facesynth.registry import ComponentSpec
+from facesynth.separation import (
     SAFETY,
     SCREEN_DTYPE,
     Screen,
@@ -48,9 +51,6 @@ from facesynth.identity.separation import (
     screen_against,
     unit_rows,
 )
-from facesynth.identity.spread import spread_vectors
-from facesynth.interfaces import IdentitySampler
-from facesynth.registry import ComponentSpec
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +384,8 @@ def build_bank(options: BankOptions, seed: int, progress: bool = True) -> Identi
         return _check_prebuilt(options, gallery, thresholds)
     assert options.sampler is not None
     sampler = make_sampler(options.sampler)
+    if gallery is not None:
+        gallery.check_space(sampler.space, sampler.dim, f"identity sampler '{options.sampler.name}'")
     rng = np.random.default_rng([int(seed), _BANK_SALT])
     result = select_separated(
         lambda n: sampler.draw(n, rng),

@@ -27,7 +27,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from facesynth.identity.separation import ExactFn, keep_in_order
+from facesynth.separation import ExactFn, keep_in_order
 
 QUERY_LEVELS = 127  # queries: |q| <= 127
 KEY_LEVELS_INT16 = 64  # keys on kernels with int16 pair sums (see the module docstring); else 127

@@ -15,9 +15,9 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from facesynth.errors import UserInputError
-from facesynth.identity.gallery import load_vectors
-from facesynth.identity.separation import row_norms64
+from facesynth.faces.gallery import load_vectors
 from facesynth.registry import StrictOptions
+from facesynth.separation import row_norms64
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class SphereSampler:
     """Uniform random unit vectors (IDiff-Face's synthetic identities)."""
 
     names: list[str] | None = None  # anonymous candidates
+    space: str | None = None  # vectors of no known embedder
 
     class Options(StrictOptions):
         dim: int = Field(512, ge=2, description="vector dimension (512 for ArcFace-conditioned generators)")
@@ -49,6 +50,7 @@ class GaussianSampler:
     """
 
     names: list[str] | None = None  # anonymous candidates
+    space: str | None = None  # vectors of no known embedder
 
     class Options(StrictOptions):
         reference: Path = Field(description="embeddings to fit: .npy, .safetensors or .parquet [N, D]")
@@ -119,6 +121,7 @@ class FileSampler:
     """Candidates read in order from a file of vectors (.npy, .safetensors or .parquet)."""
 
     names: list[str] | None = None  # anonymous candidates
+    space: str | None = None  # vectors of no known embedder
 
     class Options(StrictOptions):
         path: Path = Field(description="file of vectors [N, D]")
@@ -166,7 +169,7 @@ class ImagesSampler:
             raise ValueError("give an embedder name, e.g. 'dlib', or a mapping {name: ..., <options>}")
 
     def __init__(self, options: Options, embedder: Any = None) -> None:
-        from facesynth.identity import load_embedder
+        from facesynth.faces import load_embedder
 
         self.options = options
         root = options.root
@@ -180,6 +183,7 @@ class ImagesSampler:
         spec = dict(options.embedder)
         self.embedder = embedder or load_embedder(spec.pop("name"), **spec)
         self.dim = int(self.embedder.dim)
+        self.space: str | None = self.embedder.space
         self.names = [p.name for p in self.folders]
         self._vectors: np.ndarray | None = None
         self.agreement: np.ndarray | None = None

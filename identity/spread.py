@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from facesynth.identity.options import SpreadOptions
-from facesynth.identity.separation import resolve_device
+from facesynth.separation import resolve_device
 
 
 def _neighbours(unit: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from facesynth.identity.separation import (
+from facesynth.registry import StrictOptions
+from facesynth.separation import (
     PRODUCT_ELEMENTS,
     check_vectors,
     resolve_device,
 )
-from facesynth.registry import StrictOptions
 
 _ANGULAR_SALT = 0x616E67  # "ang"
 _GAUSSIAN_SALT = 0x676175  # "gau"

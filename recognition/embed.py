@@ -166,11 +166,11 @@ def onnx_embedder(path: str | Path, device: str = "auto") -> Embedder:
     """An ONNX recogniser run with onnxruntime (input [N, 3, 112, 112], output [N, d]).
 
     Graphs that normalise inside (MXNet exports: ``Sub``/``Mul`` nodes first) get raw 0..255 pixels,
-    decided as insightface decides it (``identity.arcface_onnx.input_normalisation``); all others get
+    decided as insightface decides it (``faces.arcface_onnx.input_normalisation``); all others get
     the protocol's ((x / 255) - 0.5) / 0.5.
     """
-    from facesynth.filters.models import onnx_session
-    from facesynth.identity.arcface_onnx import input_normalisation
+    from facesynth.faces.arcface_onnx import input_normalisation
+    from facesynth.faces.models import onnx_session
 
     session = onnx_session(str(path), device)
     input_name = session.get_inputs()[0].name

@@ -44,6 +44,14 @@ class FaceImagesGenerator:
         batch_size: int = 4
         device: str = "cpu"
 
+    @classmethod
+    def image_size(cls, options: Options) -> int:
+        return options.size
+
+    @classmethod
+    def check_weights(cls, options: Options) -> None:
+        """No weights: the pictures are skimage's."""
+
     def __init__(self, options: Options) -> None:
         self.options = options
         self.batch_size = options.batch_size

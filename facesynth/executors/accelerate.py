@@ -18,9 +18,10 @@ from pydantic import Field
 from facesynth import layout
 from facesynth.errors import FacesynthError
 from facesynth.finalize import finalize, is_finalized
+from facesynth.prepare import prepare, read_run
 from facesynth.recipe import Recipe
 from facesynth.registry import StrictOptions
-from facesynth.runner import clean_partial_files, pending_units, prepare, read_run, run_units
+from facesynth.runner import clean_partial_files, pending_units, run_units
 
 
 class AccelerateExecutor:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from facesynth.finalize import finalize, is_finalized
+from facesynth.prepare import prepare
 from facesynth.recipe import Recipe
 from facesynth.registry import StrictOptions
-from facesynth.runner import clean_partial_files, prepare, run_units
+from facesynth.runner import clean_partial_files, run_units
 
 
 class LocalExecutor:

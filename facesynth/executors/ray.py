@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.finalize import finalize, is_finalized
+from facesynth.prepare import prepare
 from facesynth.recipe import Recipe
 from facesynth.registry import StrictOptions
-from facesynth.runner import clean_partial_files, pending_units, prepare, run_units
+from facesynth.runner import clean_partial_files, pending_units, run_units
 
 
 class UnitActor:

@@ -25,9 +25,10 @@ from pydantic import Field
 from facesynth import layout
 from facesynth.errors import FacesynthError, UserInputError
 from facesynth.finalize import finalize, is_finalized
+from facesynth.prepare import prepare
 from facesynth.recipe import Recipe
 from facesynth.registry import StrictOptions
-from facesynth.runner import clean_partial_files, pending_units, prepare, run_units
+from facesynth.runner import clean_partial_files, pending_units, run_units
 
 SCRIPTS = ".slurm"
 

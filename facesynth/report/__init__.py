@@ -43,7 +43,7 @@ def gallery_vectors(
     gallery: str | Path, embedder: str, cache: Path, aligned: bool, detector: str, progress: bool
 ) -> tuple[np.ndarray, Entry | None]:
     """Unit [M, D] real-identity vectors: an embeddings file as is, or a dataset's identity centroids."""
-    from facesynth.identity.gallery import VECTOR_SUFFIXES, load_vectors
+    from facesynth.faces.gallery import VECTOR_SUFFIXES, load_vectors
     from facesynth.report import metrics as M
     from facesynth.report.embed import cached_embeddings
 

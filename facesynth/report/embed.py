@@ -17,7 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from facesynth.errors import UserInputError
-from facesynth.filters.align import ARCFACE_TEMPLATE, align, main_face
+from facesynth.faces.align import ARCFACE_TEMPLATE, align, main_face
 from facesynth.filters.quality import measure
 from facesynth.filters.sources import open_image
 from facesynth.interfaces import Embedder, Face
@@ -30,7 +30,7 @@ MEASURES = ("blur", "yaw", "pitch", "roll", "det_score")
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
     """``dlib`` or a recipe-style mapping such as ``{name: arcface-onnx, model: arcface.onnx}``."""
-    from facesynth.filters.models import split_spec
+    from facesynth.faces.models import split_spec
 
     try:
         spec = yaml.safe_load(text)
@@ -43,7 +43,7 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
 
 def model_files(name: str, embedder: Embedder, options: dict[str, Any]) -> list[str]:
     """The weight files that define an embedder's space (hashed into the cache key)."""
-    from facesynth.filters.models import dlib_model_path
+    from facesynth.faces.models import dlib_model_path
 
     if name == "dlib":
         return [dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")]
@@ -70,7 +70,7 @@ class Attributes:
     """
 
     def __init__(self, path: str) -> None:
-        from facesynth.filters.models import onnx_session
+        from facesynth.faces.models import onnx_session
 
         if not Path(path).is_file():
             raise UserInputError(f"attribute model {path} does not exist; give an .onnx classifier file")
@@ -158,7 +158,7 @@ def cached_embeddings(
     progress: bool = True,
 ) -> Entry:
     """The cache entry of ``path`` in ``embedder_spec``'s space, computed now if missing."""
-    from facesynth.filters.models import get_detector, get_embedder
+    from facesynth.faces.models import get_detector, get_embedder
 
     dataset = open_dataset(path)
     try:

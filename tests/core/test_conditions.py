@@ -54,8 +54,9 @@ def test_units_record_conditions_and_regenerate_checks_them(tmp_path: Path) -> N
 def test_batch_variant_units_of_another_batch_size_and_mixed_dtypes_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import prepare, run_units
+    from facesynth.runner import run_units
 
     overrides = [*SMALL, "generator.batch_invariant=false"]
     out = tmp_path / "out"

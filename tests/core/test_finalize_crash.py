@@ -37,8 +37,9 @@ STEPS = [
 @pytest.fixture(scope="module")
 def units(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An output whose units are all done, not finalized yet."""
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import prepare, run_units
+    from facesynth.runner import run_units
 
     out = tmp_path_factory.mktemp("units") / "out"
     run = prepare(load_recipe(SMOKE, OVERRIDES), out, progress=False)

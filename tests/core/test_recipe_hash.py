@@ -99,7 +99,8 @@ def test_file_hashes_are_read_once_per_size_and_mtime(
 
 def test_finalize_refuses_units_of_different_generator_provenance(tmp_path: Path) -> None:
     from facesynth.finalize import finalize
-    from facesynth.runner import prepare, run_units
+    from facesynth.prepare import prepare
+    from facesynth.runner import run_units
 
     recipe = load_recipe(SMOKE, ["identities.count=4", "output.identities_per_unit=2"])
     prepare(recipe, tmp_path, progress=False)

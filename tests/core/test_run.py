@@ -149,8 +149,9 @@ def test_identities_below_minimum_are_dropped_and_labels_stay_dense(tmp_path: Pa
 def test_units_run_two_at_a_time_equal_units_run_alone(tmp_path: Path) -> None:
     """Interleaving units (one generates while the other's round is filtered) does not change rows."""
     from facesynth.finalize import finalize
+    from facesynth.prepare import prepare
     from facesynth.recipe import load_recipe
-    from facesynth.runner import prepare, run_units
+    from facesynth.runner import run_units
 
     recipe = load_recipe(SMOKE, ["identities.count=8", "output.identities_per_unit=2"])
     outputs = []

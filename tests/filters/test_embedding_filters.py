@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from filter_helpers import accept_all
 
+from facesynth.faces import load_embedder
 from facesynth.filters import load_filter
 from facesynth.filters.separation import colliding_identities
-from facesynth.identity import load_embedder
 
 
 def test_dlib_embedder_contract(astronaut, astronaut_variants) -> None:
@@ -104,7 +104,7 @@ def test_two_arcface_files_do_not_share_vectors(
 
 
 def test_dlib_space_is_its_model_files_hash() -> None:
-    from facesynth.filters.models import dlib_model_path
+    from facesynth.faces.models import dlib_model_path
 
     embedder = load_embedder("dlib")
     digests = [

@@ -6,9 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from facesynth.filters import DETECTORS, load_filter
-from facesynth.filters.align import apply_transform, similarity_transform, template
-from facesynth.filters.dlib_detector import DLIB5_IN_ARCFACE_112, dlib5_to_insightface
+from facesynth.faces import DETECTORS
+from facesynth.faces.align import apply_transform, similarity_transform, template
+from facesynth.faces.dlib_detector import DLIB5_IN_ARCFACE_112, dlib5_to_insightface
+from facesynth.filters import load_filter
 
 
 def test_similarity_transform_recovers_a_known_similarity() -> None:

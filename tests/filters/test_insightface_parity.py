@@ -15,9 +15,11 @@ pytest.importorskip("insightface", reason="installed by scripts/setup.sh (pip in
 from insightface.model_zoo import get_model  # noqa: E402
 from insightface.utils import face_align  # noqa: E402
 
-from facesynth.filters import DETECTORS  # noqa: E402
-from facesynth.filters.align import align, similarity_transform, template  # noqa: E402
-from facesynth.identity import load_embedder  # noqa: E402
+from facesynth.faces import (
+    DETECTORS,  # noqa: E402
+    load_embedder,  # noqa: E402
+)
+from facesynth.faces.align import align, similarity_transform, template  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 

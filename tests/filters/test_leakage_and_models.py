@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from facesynth.errors import UserInputError
-from facesynth.filters import DETECTORS, load_filter
-from facesynth.filters.scrfd import anchor_centres, decode, nms
-from facesynth.identity import load_embedder
+from facesynth.faces import DETECTORS, load_embedder
+from facesynth.faces.scrfd import anchor_centres, decode, nms
+from facesynth.filters import load_filter
 
 
 def test_leakage_rejects_a_face_in_the_gallery(tmp_path, astronaut, lfw, make_batch, context) -> None:
@@ -97,7 +97,7 @@ def test_tiny_arcface_embeds_through_the_real_code_path(tiny_arcface, astronaut)
 
 def test_a_hub_model_file_that_cannot_be_looked_up_says_why(tmp_path, monkeypatch) -> None:
     from facesynth.errors import ModelNotFoundError
-    from facesynth.filters.models import resolve_model_file
+    from facesynth.faces.models import resolve_model_file
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="is not in the Hugging Face cache; run: hf download"):
@@ -124,8 +124,8 @@ def test_insightface_options_name_the_install_when_it_is_missing(tiny_arcface, t
     code = (
         "import sys; sys.modules['insightface'] = None\n"  # as if not installed
         "from facesynth.errors import ModelNotFoundError\n"
-        "from facesynth.filters import DETECTORS\n"
-        "from facesynth.identity import load_embedder\n"
+        "from facesynth.faces import DETECTORS\n"
+        "from facesynth.faces import load_embedder\n"
         "for make in (lambda: load_embedder('insightface', model=sys.argv[1]),\n"
         "             lambda: DETECTORS.create('insightface', model=sys.argv[2])):\n"
         "    try:\n"

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from facesynth.faces.align import template
 from facesynth.filters import load_filter
-from facesynth.filters.align import template
 from facesynth.filters.quality import head_pose
 
 

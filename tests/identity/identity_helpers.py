@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from facesynth.identity.separation import SAFETY
+from facesynth.separation import SAFETY
 
 
 def anisotropic_stream(dim: int, exponent: float, seed: int) -> Callable[[int], np.ndarray]:

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from facesynth.faces.gallery import Gallery
 from facesynth.identity.bank import select_separated
-from facesynth.identity.gallery import Gallery
-from facesynth.identity.separation import (
+from facesynth.separation import (
     Screen,
     fp32_accumulation,
     nearest_neighbours,

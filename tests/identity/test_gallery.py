@@ -9,10 +9,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from facesynth.errors import UserInputError
+from facesynth.faces.gallery import Gallery
 from facesynth.identity.bank import select_separated
-from facesynth.identity.gallery import Gallery
 from facesynth.identity.samplers import SphereSampler
-from facesynth.identity.separation import SAFETY
+from facesynth.separation import SAFETY
 
 
 def _brute_max(queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

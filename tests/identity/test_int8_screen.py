@@ -12,7 +12,7 @@ from identity_helpers import anisotropic_stream, naive_greedy, pool_stream
 from facesynth.identity import int8_screen
 from facesynth.identity.bank import KeptVectors, select_separated
 from facesynth.identity.int8_screen import Int8Keys, Int8Queries, key_levels, resolve_in_order
-from facesynth.identity.separation import Screen, exact_cosine, row_norms64, unit_rows
+from facesynth.separation import Screen, exact_cosine, row_norms64, unit_rows
 
 CPU = torch.device("cpu")
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from identity_helpers import anisotropic_stream, max_offdiagonal_cosine, naive_greedy, pool_stream
 
+from facesynth import separation
 from facesynth.errors import UserInputError
-from facesynth.identity import separation
 from facesynth.identity.bank import select_separated
-from facesynth.identity.separation import SAFETY, Screen, nearest_neighbours, row_norms64, screen_margin
+from facesynth.separation import SAFETY, Screen, nearest_neighbours, row_norms64, screen_margin
 
 
 @pytest.mark.slow

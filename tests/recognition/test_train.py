@@ -219,7 +219,7 @@ def _losses(run: Path) -> list[tuple[str, str]]:
 def test_onnx_export_equals_torch_and_loads_as_the_arcface_onnx_embedder(killed_and_resumed, faces) -> None:
     import onnxruntime as ort
 
-    from facesynth.identity.arcface_onnx import ArcFaceONNXEmbedder
+    from facesynth.faces.arcface_onnx import ArcFaceONNXEmbedder
 
     run = killed_and_resumed[1]
     recipe = load_train_recipe(run / "train.yaml")

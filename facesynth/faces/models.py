@@ -1,4 +1,4 @@
-"""Loading and per-process caching of the face models the filters share.
+"""Loading and per-process caching of the face models the filters (and the identity samplers) share.
 
 Filters are built once per process; several of them may name the same detector or embedder,
 so models are cached here by their options and shared.
@@ -113,7 +113,7 @@ def _key(name: str, options: dict[str, Any]) -> str:
 
 def get_detector(spec: ComponentSpec) -> Detector:
     """The process-wide detector for ``spec`` (built on first use)."""
-    from facesynth.filters import DETECTORS
+    from facesynth.faces import DETECTORS
 
     name, options = split_spec(spec)
     key = _key(name, options)
@@ -125,7 +125,7 @@ def get_detector(spec: ComponentSpec) -> Detector:
 
 def get_embedder(spec: ComponentSpec) -> Embedder:
     """The process-wide embedder for ``spec`` (built on first use)."""
-    from facesynth.identity import load_embedder
+    from facesynth.faces import load_embedder
 
     name, options = split_spec(spec)
     key = _key(name, options)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from facesynth.filters.align import main_face, to_rgb
-from facesynth.filters.models import dlib_model, dlib_model_path, embedding_space, get_detector, import_dlib
+from facesynth.faces.align import main_face, to_rgb
+from facesynth.faces.models import dlib_model, dlib_model_path, embedding_space, get_detector, import_dlib
 from facesynth.interfaces import Face
 from facesynth.registry import StrictOptions
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from facesynth.errors import UserInputError
-from facesynth.filters.align import pad_and_scale, to_rgb
-from facesynth.filters.models import insightface_model, resolve_model_file
-from facesynth.filters.scrfd import HOW_TO_GET, PACK_FILES, SCRFDDetector
+from facesynth.faces.align import pad_and_scale, to_rgb
+from facesynth.faces.models import insightface_model, resolve_model_file
+from facesynth.faces.scrfd import HOW_TO_GET, PACK_FILES, SCRFDDetector
 from facesynth.interfaces import Face
 
 

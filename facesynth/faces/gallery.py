@@ -2,7 +2,7 @@
 
 The leakage guard of the bank builder and the leakage filter both ask one question: how close is
 each query to any gallery vector? ``Gallery`` answers it exactly, scanning the gallery in blocks
-with the bfloat16 screen of ``facesynth.identity.separation`` and re-checking in float64.
+with the bfloat16 screen of ``facesynth.separation`` and re-checking in float64.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from facesynth.errors import UserInputError
 from facesynth.fingerprint import file_sha256
-from facesynth.identity.separation import (
+from facesynth.separation import (
     Screen,
     WindowMax,
     check_vectors,
@@ -29,6 +29,34 @@ from facesynth.identity.separation import (
 
 VECTOR_SUFFIXES = (".npy", ".safetensors", ".parquet")
 _TENSOR_NAMES = ("vectors", "embeddings", "embedding")
+SPACE_KEY = "embedding_space"  # safetensors metadata: the Embedder.space a gallery was made in
+
+
+def save_gallery(path: str | Path, vectors: np.ndarray, space: str) -> Path:
+    """Write a gallery as .safetensors (tensor ``vectors``) recording the ``Embedder.space`` it was made in."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise UserInputError(
+            f"gallery {path}: facesynth writes galleries as .safetensors (they record their space)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(path), metadata={SPACE_KEY: space}
+    )
+    return path
+
+
+def recorded_space(path: str | Path) -> str | None:
+    """The ``Embedder.space`` a gallery file records (a .safetensors written by facesynth), else None."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return (f.metadata() or {}).get(SPACE_KEY)
 
 
 def load_vectors(path: str | Path, what: str = "vectors", column: str | None = None) -> np.ndarray:
@@ -119,6 +147,7 @@ class Gallery:
         self.block_rows = block_rows
         self._screen: Screen | None = None
         self._sha256: str | None = None
+        self.space = recorded_space(self.path)  # None for files that do not record it (e.g. .npy)
 
     @property
     def dim(self) -> int:
@@ -126,6 +155,22 @@ class Gallery:
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
+
+    def check_space(self, space: str | None, dim: int, user: str) -> None:
+        """Refuse a gallery made in another embedding space than ``space`` (the space ``user`` compares in).
+
+        A gallery that records no space (a user's .npy) is only checked for its dimension.
+        """
+        if self.space is not None and space is not None and self.space != space:
+            raise UserInputError(
+                f"gallery {self.path} was embedded in space {self.space} but {user} compares in space "
+                f"{space}; embed the gallery with the same model (facesynth gallery --embedder ...)"
+            )
+        if self.dim != dim:
+            raise UserInputError(
+                f"gallery {self.path} holds {self.dim}-d vectors but {user} gives {dim}-d ones; "
+                "embed the gallery with the same model"
+            )
 
     @property
     def sha256(self) -> str:

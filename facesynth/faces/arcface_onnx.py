@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 
 from facesynth.errors import UserInputError
-from facesynth.filters.align import align, main_face, to_rgb
-from facesynth.filters.models import (
+from facesynth.faces.align import align, main_face, to_rgb
+from facesynth.faces.models import (
     embedding_space,
     get_detector,
     onnx_session,

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from facesynth.errors import UserInputError
-from facesynth.filters.align import to_rgb
-from facesynth.filters.models import onnx_session, resolve_model_file
+from facesynth.faces.align import to_rgb
+from facesynth.faces.models import onnx_session, resolve_model_file
 from facesynth.interfaces import Face
 from facesynth.registry import StrictOptions
 

@@ -21,14 +21,14 @@ from typing import Literal
 
 import numpy as np
 
-from facesynth.filters.align import (
+from facesynth.faces.align import (
     ARCFACE_TEMPLATE,
     apply_transform,
     pad_and_scale,
     similarity_transform,
     to_rgb,
 )
-from facesynth.filters.models import dlib_model, import_dlib
+from facesynth.faces.models import dlib_model, import_dlib
 from facesynth.interfaces import Face
 from facesynth.registry import StrictOptions
 

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import numpy as np
 
 from facesynth.errors import UserInputError
-from facesynth.filters.align import to_rgb
-from facesynth.filters.models import embedding_space, insightface_model, resolve_model_file
-from facesynth.identity.arcface_onnx import PACK_FILES, ArcFaceONNXEmbedder
+from facesynth.faces.align import to_rgb
+from facesynth.faces.arcface_onnx import PACK_FILES, ArcFaceONNXEmbedder
+from facesynth.faces.models import embedding_space, insightface_model, resolve_model_file
 from facesynth.interfaces import Face
 from facesynth.registry import StrictOptions
 
