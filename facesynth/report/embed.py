@@ -22,7 +22,7 @@ from facesynth.filters.quality import measure
 from facesynth.filters.sources import open_image
 from facesynth.interfaces import Embedder, Face
 from facesynth.readers import FaceDataset, open_dataset
-from facesynth.report.cache import Entry, entry_key, find_entry, slug, space_key, write_entry
+from facesynth.report.cache import Entry, entry_key, find_entry, slug, write_entry
 
 BATCH = 32
 MEASURES = ("blur", "yaw", "pitch", "roll", "det_score")
@@ -39,18 +39,6 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
             f"--embedder {text!r} is neither a name nor a YAML mapping with a name"
         ) from None
     return split_spec(spec)
-
-
-def model_files(name: str, embedder: Embedder, options: dict[str, Any]) -> list[str]:
-    """The weight files that define an embedder's space (hashed into the cache key)."""
-    from facesynth.filters.models import dlib_model_path
-
-    if name == "dlib":
-        return [dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")]
-    path = getattr(embedder, "path", None)  # arcface-onnx and file-based embedders resolve their model
-    if isinstance(path, str) and Path(path).is_file():
-        return [path]
-    return [str(v) for v in options.values() if isinstance(v, str) and Path(v).is_file()]
 
 
 def dataset_id(dataset: FaceDataset) -> str:
@@ -158,7 +146,7 @@ def cached_embeddings(
     progress: bool = True,
 ) -> Entry:
     """The cache entry of ``path`` in ``embedder_spec``'s space, computed now if missing."""
-    from facesynth.filters.models import get_detector, get_embedder
+    from facesynth.filters.models import embedding_space, get_detector, get_embedder
 
     dataset = open_dataset(path)
     try:
@@ -166,12 +154,12 @@ def cached_embeddings(
             raise UserInputError(f"dataset {path} holds no images")
         name, options = parse_spec(embedder_spec)
         embedder = get_embedder({"name": name, **options})
-        space = space_key(name, options, model_files(name, embedder, options))
+        space = embedder.space  # family:sha256 of its weights: the cache key's embedding space
         attribute_model = Attributes(attributes) if attributes else None
         settings = {
             "aligned": aligned,
             "detector": None if aligned else detector_spec,
-            "attributes": space_key("attributes", {}, [attributes]) if attributes else None,
+            "attributes": embedding_space("attributes", attributes) if attributes else None,
         }
         folder, entry = find_entry(cache, slug(Path(path)), entry_key(dataset_id(dataset), space, settings))
         if entry is not None:
