@@ -117,14 +117,26 @@ def identity_block(
     return present, cents, vendi, to_centroid, mated
 
 
-def one_blas_thread() -> contextlib.AbstractContextManager:
-    """BLAS on one thread: the report multiplies many small matrices, where a loaded machine makes
-    multi-threaded BLAS up to 100x slower (threadpoolctl, from the report extra, when installed)."""
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS and torch on one thread: the report multiplies many small matrices, where a loaded machine
+    makes multi-threaded BLAS up to 100x slower (threadpoolctl, from the report extra, when installed);
+    the pair scans' large float32 products measured faster on one thread too on a loaded 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+        limits: contextlib.AbstractContextManager = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(1, user_api="blas")
+    try:
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def analyse(
@@ -229,6 +241,7 @@ def _analyse(
             if k in entry.measures
         },
     }
+    stats["diversity"]["pose_note"] = pose_note(entry.meta.get("settings", {}), entry.measures, valid)
     arrays["vendi"] = vendi[present]
     arrays["images_per_identity"] = images_per_identity[present]
     for k in ("yaw", "pitch", "roll", "blur"):
@@ -272,6 +285,22 @@ def _analyse(
         worst["closest gallery matches"] = leaks
     a.stats, a.arrays, a.worst = stats, arrays, worst
     return a
+
+
+def pose_note(settings: dict[str, Any], measures: dict[str, np.ndarray], valid: np.ndarray) -> str:
+    """One sentence on how head pose was measured here, or why it is absent."""
+    yaw = measures["yaw"][valid] if "yaw" in measures else np.zeros(0)
+    measured, images = int(np.isfinite(yaw).sum()), int(valid.sum())
+    if not settings.get("aligned"):
+        return f"from the five landmarks the detector found (solvePnP): {measured} of {images} images"
+    if settings.get("detector") == "none":
+        return "not measured: the images are aligned crops (--aligned) and --detector none ran no detector on them"
+    if measured == 0:
+        return "not measured: the detector found no face in any of the aligned crops"
+    return (
+        f"yaw and pitch from the landmarks the detector found on the aligned crops ({measured} of "
+        f"{images} images); roll is unknown: aligning removed it"
+    )
 
 
 def leakage(
