@@ -14,7 +14,8 @@ Products run in float32 on the device (CUDA when torch sees one). The identity s
 and int8 screens (``facesynth.identity.separation``, ``int8_screen``) are the fast path on CPUs with
 bfloat16 / VNNI units, but on an AVX2-only CPU they measured 10x (bfloat16) and 25x (int8) slower
 than float32 GEMMs, so the report keeps float32 and reuses their exact parts: the running top-1
-window (``WindowMax``), float64 pair checks (``exact_cosine``) and the in-order greedy (``keep_in_order``).
+window (``WindowMax``, fed here without row gathers), float64 pair checks (``exact_cosine``) and the
+in-order greedy (``keep_in_order``).
 
 Exact means: values and decisions equal float64 cosines of the float32 rows (lowest index on a
 tie). Bound: for float32 rows x, y of norms <= n, any float32 summation order (blocked, FMA, split)
@@ -66,6 +67,40 @@ def full_float32() -> Iterator[None]:
         torch.set_float32_matmul_precision(saved)
 
 
+class RunningTop(WindowMax):
+    """``separation.WindowMax`` fed without copies: the window is applied to the whole product (one
+    compare) instead of gathering the rows that need it, and columns are added without a transposed
+    view. The same entries are kept (all within the window of the running maximum), so ``finish``
+    gives the same exact maxima."""
+
+    def add(
+        self, product: torch.Tensor, row_offset: int, col_offset: int, top: torch.Tensor | None = None
+    ) -> None:
+        """Rows of ``product`` are rows ``row_offset..``; ``top`` is its row maximum when known."""
+        self._add(product, row_offset, col_offset, product.amax(dim=1) if top is None else top, 1)
+
+    def add_columns(self, product: torch.Tensor, row_offset: int, col_offset: int, top: torch.Tensor) -> None:
+        """The columns of ``product`` are rows ``col_offset..``, its rows keys ``row_offset..``;
+        ``top`` is its column maximum."""
+        self._add(product, col_offset, row_offset, top, 0)
+
+    def _add(self, product: torch.Tensor, offset: int, key_offset: int, top: torch.Tensor, dim: int) -> None:
+        n = len(top)
+        best = torch.maximum(self.best[offset : offset + n], top)
+        self.best[offset : offset + n] = best
+        floor = best - self.window
+        near = product >= (floor[:, None] if dim == 1 else floor[None, :])
+        r, c = near.nonzero(as_tuple=True)
+        values = product[r, c]
+        rows, keys = (r, c) if dim == 1 else (c, r)
+        self.rows.append(rows + offset)
+        self.cols.append(keys + key_offset)
+        self.vals.append(values)
+        self.stored += len(r)
+        if self.stored > 1 << 24:
+            self._prune()
+
+
 class NearestRows:
     """Float32 rows on the device, their float64 norms; ``best`` finds each query's closest row."""
 
@@ -112,7 +147,7 @@ def nearest_and_unique(
         return np.full(n, np.nan), np.full(n, -1, np.int64), {t: n for t in thresholds}
     margin = float32_margin(dim, rows.norms)
     exact = exact_cosine(rows.vectors, rows.norms, rows.vectors, rows.norms)
-    tracker = WindowMax(n, margin, rows.device)
+    tracker = RunningTop(n, margin, rows.device)
     kept = {t: np.ones(n, dtype=bool) for t in thresholds}
     with full_float32():
         for j in range(0, n, tile):
@@ -125,18 +160,31 @@ def nearest_and_unique(
                     for t in thresholds:
                         _resolve_diagonal(product, j, t, margin, exact, kept[t])
                 else:
+                    column_top = product.amax(dim=0)
                     tracker.add(product, i, j)
-                    tracker.add(product.T, j, i)
+                    tracker.add_columns(product, i, j, column_top)
                     for t in thresholds:
-                        _drop_by_earlier(product, i, j, t, margin, exact, kept[t])
+                        _drop_by_earlier(product, i, j, t, margin, exact, kept[t], column_top)
     cos, which = tracker.finish(exact)
     return cos, which, {t: int(k.sum()) for t, k in kept.items()}
 
 
 def _drop_by_earlier(
-    product: torch.Tensor, i: int, j: int, t: float, margin: float, exact: ExactFn, kept: np.ndarray
+    product: torch.Tensor,
+    i: int,
+    j: int,
+    t: float,
+    margin: float,
+    exact: ExactFn,
+    kept: np.ndarray,
+    column_top: torch.Tensor,
 ) -> None:
-    """Drop the columns (rows ``j..``) at cosine >= ``t`` to a kept row ``i..`` (an earlier, decided block)."""
+    """Drop the columns (rows ``j..``) at cosine >= ``t`` to a kept row ``i..`` (an earlier, decided block).
+
+    ``column_top``: the product's column maximum over all its rows, an upper bound for the kept ones.
+    """
+    if not bool((column_top >= t - margin).any()):
+        return  # the usual case: no column comes near the threshold
     alive = np.flatnonzero(kept[i : i + product.shape[0]])
     if len(alive) == 0:
         return
