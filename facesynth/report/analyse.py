@@ -45,14 +45,16 @@ class Analysis:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     worst: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)  # dataset image indices
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step (benchmarks)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # and its CPU time (all threads)
 
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[step] = self.cpu_seconds.get(step, 0.0) + time.process_time() - cpu
 
 
 def verification(mated: np.ndarray, nonmated: np.ndarray, rounds: int, rng: np.random.Generator) -> dict:
