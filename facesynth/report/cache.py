@@ -75,20 +75,10 @@ class Entry:
             return np.fromfile(f, dtype="<f4", count=count).reshape(stop - start, self.dim)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """Embedding rows at sorted positions ``rows``, read one by one.
-
-        Not through a memory map: each page fault there maps its cached neighbours too (fault-around),
-        so 20,000 scattered rows of a 4 GB file counted up to ~0.75 GB of resident memory, depending
-        on what the page cache held.
-        """
-        out = np.empty((len(rows), self.dim), np.float32)
-        size = 4 * self.dim
-        fd = os.open(self.folder / "embeddings.npy", os.O_RDONLY)
-        try:
-            for k, r in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
-                out[k] = np.frombuffer(os.pread(fd, size, self._offset + size * r), dtype="<f4")
-        finally:
-            os.close(fd)
+        """Embedding rows at sorted positions ``rows``."""
+        mapped = np.load(self.folder / "embeddings.npy", mmap_mode="r")
+        out = np.asarray(mapped[np.asarray(rows)], dtype=np.float32)
+        del mapped
         return out
 
 
