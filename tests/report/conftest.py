@@ -16,9 +16,10 @@ SMOKE = ROOT / "recipes" / "smoke.yaml"
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``facesynth run recipes/smoke.yaml identities.count=8``: 8 identities x 3-4 tiny (non-face) images."""
+    """``facesynth run recipes/smoke.yaml identities.count=4``: 4 identities x 3-4 tiny (non-face) images
+    (few: the report tests embed them with dlib in four formats, ~0.1-0.2 s an image)."""
     out = tmp_path_factory.mktemp("smoke") / "out"
-    facesynth.run(SMOKE, out=out, overrides=["identities.count=8"], progress=False)
+    facesynth.run(SMOKE, out=out, overrides=["identities.count=4"], progress=False)
     return out
 
 
