@@ -7,7 +7,12 @@ out; so is a gallery). Each size is written by one subprocess and reported on by
 peak RSS (``ru_maxrss``) is what is measured. Targets: <= 60 s and <= 4 GB at 10,000 x 50;
 near-linear time and flat memory per identity at 4x.
 
-    python benchmarks/report.py [--identities 10000] [--images 50] [--growth 4] [--dim 512]
+    python benchmarks/report.py [--identities 10000] [--images 50] [--growth 4] [--dim 512] [--rounds 2]
+
+Per size: wall and CPU seconds, each step's wall and CPU seconds (``Analysis.seconds``: reading the cache,
+per-identity figures, non-mated pairs, verification with bootstrap, the centroid pair scan,
+leakage when a gallery is given, the page) and peak memory; the 4x ratios per round and of the
+fastest round of each size.
 """
 
 from __future__ import annotations
@@ -64,8 +69,10 @@ def run_report(folder: Path, out: Path) -> dict:
     done = time.perf_counter()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak_kb = usage.ru_maxrss
+    steps = {k: round(v, 3) for k, v in analysis.seconds.items()} | {"page": round(done - analysed, 3)}
+    steps_cpu = {k: round(v, 3) for k, v in analysis.cpu_seconds.items()}
     # CPU seconds since the start (import included): on a shared machine, wall time also counts waiting
-    return {"seconds": done - start, "cpu_seconds": usage.ru_utime + usage.ru_stime, "analyse_seconds": analysed - start, "page_seconds": done - analysed,
+    return {"seconds": done - start, "cpu_seconds": usage.ru_utime + usage.ru_stime, "steps": steps, "steps_cpu": steps_cpu,
             "peak_gb": peak_kb / 2**20, "images": len(entry), "identities": entry.classes}  # fmt: skip
 
 
@@ -80,6 +87,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--growth", type=int, default=4)
     p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of both sizes")
+    p.add_argument("--entries", help="keep the synthetic cache entries in this folder and reuse them")
     p.add_argument("--make", nargs=2, metavar=("FOLDER", "IDENTITIES"))
     p.add_argument("--run", nargs=2, metavar=("FOLDER", "OUT"))
     args = p.parse_args()
@@ -90,20 +99,34 @@ def main() -> None:
     if args.run:
         print(json.dumps(run_report(Path(args.run[0]), Path(args.run[1]))))
         return
-    results = {}
+    results: dict = {"rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.entries) if args.entries else Path(tmp)
         for scale in (1, args.growth):
-            identities = args.identities * scale
-            folder, out = Path(tmp) / f"cache-{scale}", Path(tmp) / f"out-{scale}"
-            child(
-                "--make", str(folder), str(identities), "--images", str(args.images), "--dim", str(args.dim)
-            )
-            results[f"x{scale}"] = child("--run", str(folder), str(out))
-    base, grown = results["x1"], results[f"x{args.growth}"]
-    results["time_ratio"] = grown["seconds"] / base["seconds"]
-    results["cpu_ratio"] = grown["cpu_seconds"] / base["cpu_seconds"]
-    results["memory_ratio"] = grown["peak_gb"] / base["peak_gb"]
-    results["meets_targets"] = base["seconds"] <= 60 and base["peak_gb"] <= 4
+            folder = root / f"cache-{args.identities * scale}x{args.images}x{args.dim}"
+            if not (folder / "meta.json").is_file():
+                child("--make", str(folder), str(args.identities * scale), "--images", str(args.images),
+                      "--dim", str(args.dim))  # fmt: skip
+        # sizes alternate (1, 4, 1, 4, ...): a shared machine's load drifts, and alternating spreads it
+        for r in range(args.rounds):
+            one = {}
+            for scale in (1, args.growth):
+                folder = root / f"cache-{args.identities * scale}x{args.images}x{args.dim}"
+                one[f"x{scale}"] = child("--run", str(folder), str(Path(tmp) / f"out-{r}-{scale}"))
+            one["time_ratio"] = one[f"x{args.growth}"]["seconds"] / one["x1"]["seconds"]
+            one["cpu_ratio"] = one[f"x{args.growth}"]["cpu_seconds"] / one["x1"]["cpu_seconds"]
+            one["memory_ratio"] = one[f"x{args.growth}"]["peak_gb"] / one["x1"]["peak_gb"]
+            results["rounds"].append(one)
+            print(json.dumps(one), file=sys.stderr, flush=True)
+    best = {
+        k: min((r[k] for r in results["rounds"]), key=lambda x: x["seconds"])
+        for k in ("x1", f"x{args.growth}")
+    }
+    results["fastest"] = best
+    results["time_ratio_of_fastest"] = best[f"x{args.growth}"]["seconds"] / best["x1"]["seconds"]
+    results["cpu_ratio_of_fastest"] = best[f"x{args.growth}"]["cpu_seconds"] / best["x1"]["cpu_seconds"]
+    results["memory_ratio"] = best[f"x{args.growth}"]["peak_gb"] / best["x1"]["peak_gb"]
+    results["meets_targets"] = best["x1"]["seconds"] <= 60 and best["x1"]["peak_gb"] <= 4
     print(json.dumps(results, indent=1))
 
 

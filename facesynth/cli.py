@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--gallery", help="real gallery: embeddings file (.npy/.safetensors/.parquet) or a dataset"
     )
     p.add_argument("--aligned", action="store_true", help="images are already aligned face crops")
-    p.add_argument("--detector", default="dlib", help="face detector when not --aligned (default dlib)")
+    p.add_argument(
+        "--detector", default="dlib", help="face detector (with --aligned: for pose only; none: no pose)"
+    )
     p.add_argument("--attributes", metavar="MODEL.onnx", help="ONNX attribute classifier (optional)")
     p.add_argument("--cache", help="embedding cache folder (default OUT/cache)")
     p.add_argument("--out", required=True, help="output folder")

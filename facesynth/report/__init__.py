@@ -50,7 +50,8 @@ def gallery_vectors(
     path = Path(gallery)
     if path.is_file() and path.suffix.lower() in VECTOR_SUFFIXES:
         return M.unit(np.asarray(load_vectors(path, "gallery"), np.float32)), None
-    entry = cached_embeddings(path, embedder, cache, aligned, detector, None, progress)
+    # aligned gallery crops need no pose: no detector pass
+    entry = cached_embeddings(path, embedder, cache, aligned, "none" if aligned else detector, None, progress)
     rows = entry.rows(0, len(entry))
     ok = np.isfinite(rows).all(axis=1)
     cents = M.centroids(rows[ok], entry.labels[ok], entry.classes)

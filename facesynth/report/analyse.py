@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from facesynth.report import metrics as M
 from facesynth.report.cache import Entry
+from facesynth.report.scan import NearestRows, nearest_and_unique
 
 FMRS = (1e-2, 1e-3, 1e-4)
 UNIQUE_THRESHOLDS = (0.3, 0.4)
@@ -30,6 +33,7 @@ class Options:
     bootstrap: int = 100  # bootstrap rounds for the 95% intervals
     seed: int = 0
     identity_block: int = 1024  # identities read from the cache at a time
+    device: str = "auto"  # where the pair scans run (CUDA when torch sees one)
 
 
 @dataclass
@@ -40,6 +44,17 @@ class Analysis:
     stats: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     worst: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)  # dataset image indices
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step (benchmarks)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # and its CPU time (all threads)
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[step] = self.cpu_seconds.get(step, 0.0) + time.process_time() - cpu
 
 
 def verification(mated: np.ndarray, nonmated: np.ndarray, rounds: int, rng: np.random.Generator) -> dict:
@@ -104,14 +119,26 @@ def identity_block(
     return present, cents, vendi, to_centroid, mated
 
 
-def one_blas_thread() -> contextlib.AbstractContextManager:
-    """BLAS on one thread: the report multiplies many small matrices, where a loaded machine makes
-    multi-threaded BLAS up to 100x slower (threadpoolctl, from the report extra, when installed)."""
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS and torch on one thread: the report multiplies many small matrices, where a loaded machine
+    makes multi-threaded BLAS up to 100x slower (threadpoolctl, from the report extra, when installed);
+    the pair scans' large float32 products measured faster on one thread too on a loaded 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+        limits: contextlib.AbstractContextManager = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(1, user_api="blas")
+    try:
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def analyse(
@@ -133,6 +160,7 @@ def _analyse(
     gallery: np.ndarray | None,
     progress: bool,
 ) -> Analysis:
+    a = Analysis(name, {})
     rng = np.random.default_rng(o.seed)
     n, classes = len(entry), entry.classes
     valid = np.zeros(n, bool)
@@ -148,26 +176,29 @@ def _analyse(
     for k0 in range(0, classes, o.identity_block):
         k1 = min(classes, k0 + o.identity_block)
         r0, r1 = int(entry.bounds[k0]), int(entry.bounds[k1])
-        rows = entry.rows(r0, r1)
-        valid[r0:r1] = np.isfinite(rows).all(axis=1)
-        ks, block_cents, block_vendi, block_cos, block_mated = identity_block(
-            rows, entry.labels[r0:r1], keep, rng
-        )
-        cents[ks], vendi[ks], to_centroid[r0:r1] = block_cents, block_vendi, block_cos
-        mated += block_mated
+        with a.timed("read"):
+            rows = entry.rows(r0, r1)
+        with a.timed("identities"):
+            valid[r0:r1] = np.isfinite(rows).all(axis=1)
+            ks, block_cents, block_vendi, block_cos, block_mated = identity_block(
+                rows, entry.labels[r0:r1], keep, rng
+            )
+            cents[ks], vendi[ks], to_centroid[r0:r1] = block_cents, block_vendi, block_cos
+            mated += block_mated
         bar.update(k1 - k0)
     bar.close()
     present = np.isfinite(cents).all(axis=1)
     images_per_identity = np.bincount(entry.labels[valid], minlength=classes)
 
     # non-mated pairs from a fixed-seed sample of images
-    valid_rows = np.flatnonzero(valid)
-    sample = np.sort(rng.choice(valid_rows, min(o.nonmated_images, len(valid_rows)), replace=False))
-    sample_counts = np.bincount(entry.labels[sample])
-    distinct = int((len(sample) ** 2 - np.sum(sample_counts.astype(np.int64) ** 2)) // 2)
-    # no more draws than there are distinct pairs: a small dataset gets a small (still fixed) sample
-    nonmated = M.nonmated_pairs(entry.take(sample), entry.labels[sample], min(o.nonmated, distinct), rng)
-    mated_all = np.concatenate(mated) if mated else np.zeros(0, np.float32)
+    with a.timed("nonmated"):
+        valid_rows = np.flatnonzero(valid)
+        sample = np.sort(rng.choice(valid_rows, min(o.nonmated_images, len(valid_rows)), replace=False))
+        sample_counts = np.bincount(entry.labels[sample])
+        distinct = int((len(sample) ** 2 - np.sum(sample_counts.astype(np.int64) ** 2)) // 2)
+        # no more draws than there are distinct pairs: a small dataset gets a small (still fixed) sample
+        nonmated = M.nonmated_pairs(entry.take(sample), entry.labels[sample], min(o.nonmated, distinct), rng)
+        mated_all = np.concatenate(mated) if mated else np.zeros(0, np.float32)
 
     stats: dict[str, Any] = {
         "dataset": entry.meta.get("dataset"),
@@ -179,19 +210,22 @@ def _analyse(
         "identities_with_face": int(present.sum()),
     }
     arrays: dict[str, np.ndarray] = {"mated": mated_all, "nonmated": nonmated}
-    if len(mated_all) and len(nonmated):
-        stats["verification"] = verification(mated_all, nonmated, o.bootstrap, rng)
-    else:
-        stats["verification"] = None
+    with a.timed("verification"):
+        if len(mated_all) and len(nonmated):
+            stats["verification"] = verification(mated_all, nonmated, o.bootstrap, rng)
+        else:
+            stats["verification"] = None
 
-    c = cents[present]
-    nn, which = M.nearest_other(c) if len(c) > 1 else (np.zeros(0, np.float32), np.zeros(0, np.int64))
+    with a.timed("separability"):
+        # one exact pass over the centroid pairs: nearest other identity and both uniqueness counts
+        nn, which, unique = nearest_and_unique(cents[present], UNIQUE_THRESHOLDS, o.device)
+        nn = nn.astype(np.float32)
     ids = np.flatnonzero(present)
     stats["separability"] = {
         "nearest_other_centroid_cosine": M.summary(nn),
-        "unique_identities": {f"{t}": M.unique_count(c, t) for t in UNIQUE_THRESHOLDS},
+        "unique_identities": {f"{t}": unique[t] for t in UNIQUE_THRESHOLDS},
     }
-    arrays["nearest_other"] = nn
+    arrays["nearest_other"] = nn[np.isfinite(nn)]
     stats["consistency"] = {
         "image_to_centroid_cosine": M.summary(to_centroid),
         "identity_mean_to_centroid": M.summary(
@@ -209,6 +243,7 @@ def _analyse(
             if k in entry.measures
         },
     }
+    stats["diversity"]["pose_note"] = pose_note(entry.meta.get("settings", {}), entry.measures, valid)
     arrays["vendi"] = vendi[present]
     arrays["images_per_identity"] = images_per_identity[present]
     for k in ("yaw", "pitch", "roll", "blur"):
@@ -234,7 +269,7 @@ def _analyse(
         for r in order
         if valid[r]
     ]
-    if len(nn):
+    if len(nn) > 1:
         top = np.argsort(-nn)[:6]
         worst["closest impostor identities"] = [
             (
@@ -245,11 +280,29 @@ def _analyse(
             for i in top
         ]
     if gallery is not None:
-        stats["leakage"], arrays["leak_identity"], arrays["leak_image"], leaks = leakage(
-            entry, cents, present, valid, gallery, nonmated, o
-        )
+        with a.timed("leakage"):
+            stats["leakage"], arrays["leak_identity"], arrays["leak_image"], leaks = leakage(
+                entry, cents, present, valid, gallery, nonmated, o
+            )
         worst["closest gallery matches"] = leaks
-    return Analysis(name, stats, arrays, worst)
+    a.stats, a.arrays, a.worst = stats, arrays, worst
+    return a
+
+
+def pose_note(settings: dict[str, Any], measures: dict[str, np.ndarray], valid: np.ndarray) -> str:
+    """One sentence on how head pose was measured here, or why it is absent."""
+    yaw = measures["yaw"][valid] if "yaw" in measures else np.zeros(0)
+    measured, images = int(np.isfinite(yaw).sum()), int(valid.sum())
+    if not settings.get("aligned"):
+        return f"from the five landmarks the detector found (solvePnP): {measured} of {images} images"
+    if settings.get("detector") == "none":
+        return "not measured: the images are aligned crops (--aligned) and --detector none ran no detector on them"
+    if measured == 0:
+        return "not measured: the detector found no face in any of the aligned crops"
+    return (
+        f"yaw and pitch from the landmarks the detector found on the aligned crops ({measured} of "
+        f"{images} images); roll is unknown: aligning removed it"
+    )
 
 
 def leakage(
@@ -261,23 +314,28 @@ def leakage(
     nonmated: np.ndarray,
     o: Options,
 ) -> tuple[dict, np.ndarray, np.ndarray, list[tuple[int, ...]]]:
-    """Best gallery match per identity (centroid) and per image; shares above FMR-calibrated thresholds."""
-    per_identity, which_id = M.best_match(cents[present], gallery)
+    """Best gallery match per identity (centroid) and per image; shares above FMR-calibrated thresholds.
+
+    Exact float64 best matches from tiled float32 scans (``scan.NearestRows``): memory is bounded by
+    the tiles and a block of images, whatever the gallery's size.
+    """
+    real = np.flatnonzero(np.isfinite(gallery).all(axis=1))  # a gallery dataset's faceless identities: none
+    scan = NearestRows(gallery[real], o.device)
+    per_identity = scan.best(cents[present])[0].astype(np.float32)
     per_image = np.full(len(entry), np.nan, np.float32)
     gallery_of_image = np.full(len(entry), -1, np.int64)
     for r0 in range(0, len(entry), 65536):
         r1 = min(len(entry), r0 + 65536)
-        rows = entry.rows(r0, r1)
         ok = valid[r0:r1]
         if ok.any():
-            best, which = M.best_match(rows[ok], gallery)
+            best, which = scan.best(entry.rows(r0, r1)[ok])
             per_image[r0:r1][ok] = best
-            gallery_of_image[r0:r1][ok] = which
+            gallery_of_image[r0:r1][ok] = real[which]
     img = per_image[valid]
     thresholds = {f"fmr_{f:.0e}": M.threshold_at_fmr(nonmated, f) for f in FMRS} if len(nonmated) else {}
     thresholds["fixed_0.3"] = 0.3
     stats = {
-        "gallery_size": int(len(gallery)),
+        "gallery_size": len(scan),
         "identity_best_match": M.summary(per_identity),
         "image_best_match": M.summary(img),
         "thresholds": thresholds,
@@ -285,7 +343,7 @@ def leakage(
         "share_images_above": {k: float(np.mean(img >= t)) for k, t in thresholds.items()},
         # a random impostor passes threshold(FMR) with probability FMR; against M gallery identities
         # at least one does with probability 1 - (1 - FMR)^M: what a share must be compared with
-        "chance_share_per_identity": {f"fmr_{f:.0e}": float(1 - (1 - f) ** len(gallery)) for f in FMRS},
+        "chance_share_per_identity": {f"fmr_{f:.0e}": float(1 - (1 - f) ** len(scan)) for f in FMRS},
         "tail": sorted((float(v) for v in per_identity), reverse=True)[:20],
     }
     rows = np.flatnonzero(valid)
@@ -337,7 +395,7 @@ def facesynth_figures(path: Path, entry: Entry, analysis: Analysis) -> None:
         return
     bank = M.unit(np.array([vectors[name] for name in names], np.float32))
     requested = (stats.get("identity_bank") or {}).get("max_cosine")
-    bank_nn, _ = M.nearest_other(bank)
+    bank_nn = nearest_and_unique(bank)[0].astype(np.float32)
     analysis.stats["separation_requested_vs_realised"] = {
         "requested_max_cosine": requested,
         "bank_nearest_other_cosine": M.summary(bank_nn),

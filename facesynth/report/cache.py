@@ -32,18 +32,6 @@ from facesynth.errors import UserInputError
 CACHE_VERSION = 1
 
 
-def space_key(embedder_name: str, options: dict[str, Any], model_files: list[str]) -> str:
-    """The embedding space: embedder name + its options + the sha256 of its model file(s).
-
-    The one place that names a space; the Embedder interface's own space id replaces it when it lands.
-    """
-    from facesynth.fingerprint import file_sha256
-
-    hashes = [file_sha256(f)[:16] for f in model_files]
-    opts = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return ":".join([embedder_name, opts, *hashes])
-
-
 def entry_key(dataset_id: str, space: str, settings: dict[str, Any]) -> str:
     text = json.dumps([CACHE_VERSION, dataset_id, space, settings], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

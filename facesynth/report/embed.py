@@ -3,7 +3,14 @@
 Faces are found by the filters' detector and aligned on the ArcFace template (``filters/align``),
 or, with ``aligned=True``, each image is taken as an aligned crop (its landmarks are the template
 scaled to the image). Per image the quality filter's measures are kept too: blur on the face
-region and head pose (solvePnP on the five landmarks; unknown for pre-aligned crops).
+region and head pose (solvePnP on the five landmarks).
+
+Pose of aligned crops: the template landmarks carry no pose, so the detector is run on the crop
+(the dlib detector pads tight crops) and yaw and pitch come from the landmarks it finds, as for
+unaligned images. Aligning is a similarity transform, which keeps yaw and pitch but removes roll:
+roll is left unknown. On 100 LFW faces, yaw and pitch from our aligned crops were within 1.1 and
+0.9 degrees (medians) of those from the original pictures (``tests/report/test_report.py``).
+Detector ``none`` skips it (no pose).
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from tqdm.auto import tqdm
 
 from facesynth.errors import UserInputError
 from facesynth.faces.align import ARCFACE_TEMPLATE, align, main_face
-from facesynth.filters.quality import measure
+from facesynth.filters.quality import head_pose, measure
 from facesynth.filters.sources import open_image
 from facesynth.interfaces import Embedder, Face
 from facesynth.readers import FaceDataset, open_dataset
-from facesynth.report.cache import Entry, entry_key, find_entry, slug, space_key, write_entry
+from facesynth.report.cache import Entry, entry_key, find_entry, slug, write_entry
 
 BATCH = 32
 MEASURES = ("blur", "yaw", "pitch", "roll", "det_score")
@@ -39,18 +46,6 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
             f"--embedder {text!r} is neither a name nor a YAML mapping with a name"
         ) from None
     return split_spec(spec)
-
-
-def model_files(name: str, embedder: Embedder, options: dict[str, Any]) -> list[str]:
-    """The weight files that define an embedder's space (hashed into the cache key)."""
-    from facesynth.faces.models import dlib_model_path
-
-    if name == "dlib":
-        return [dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")]
-    path = getattr(embedder, "path", None)  # arcface-onnx and file-based embedders resolve their model
-    if isinstance(path, str) and Path(path).is_file():
-        return [path]
-    return [str(v) for v in options.values() if isinstance(v, str) and Path(v).is_file()]
 
 
 def dataset_id(dataset: FaceDataset) -> str:
@@ -105,8 +100,13 @@ def embed_dataset(
     detector: Any | None,
     attributes: Attributes | None = None,
     progress: bool = True,
+    aligned: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(embeddings [N, D] with NaN rows for images without a face, per-image measures), dataset order."""
+    """(embeddings [N, D] with NaN rows for images without a face, per-image measures), dataset order.
+
+    ``aligned``: every image is an aligned crop, embedded as it is; ``detector`` (optional) then
+    only measures the head pose.
+    """
     n = len(dataset)
     out = np.full((n, embedder.dim), np.nan, np.float32)
     measures = {k: np.full(n, np.nan, np.float32) for k in MEASURES}
@@ -120,12 +120,16 @@ def embed_dataset(
             if image is None:
                 continue
             rgb = np.asarray(image)
-            if detector is None:
+            if aligned:
                 face = _template_face(rgb)
                 face.aligned = align(rgb, face.landmarks, 112)
                 scores = measure(rgb, face)
                 scores.update(quality_yaw=np.nan, quality_pitch=np.nan, quality_roll=np.nan)
                 scores["quality_det_score"] = np.nan
+                found = main_face(detector.detect(rgb)) if detector is not None else None
+                if found is not None:
+                    yaw, pitch, _ = head_pose(found.landmarks)  # roll: removed by the alignment
+                    scores.update(quality_yaw=yaw, quality_pitch=pitch, quality_det_score=found.score)
             else:
                 face = main_face(detector.detect(rgb))
                 if face is not None:
@@ -158,7 +162,7 @@ def cached_embeddings(
     progress: bool = True,
 ) -> Entry:
     """The cache entry of ``path`` in ``embedder_spec``'s space, computed now if missing."""
-    from facesynth.faces.models import get_detector, get_embedder
+    from facesynth.faces.models import embedding_space, get_detector, get_embedder
 
     dataset = open_dataset(path)
     try:
@@ -166,19 +170,22 @@ def cached_embeddings(
             raise UserInputError(f"dataset {path} holds no images")
         name, options = parse_spec(embedder_spec)
         embedder = get_embedder({"name": name, **options})
-        space = space_key(name, options, model_files(name, embedder, options))
+        space = embedder.space  # family:sha256 of its weights: the cache key's embedding space
         attribute_model = Attributes(attributes) if attributes else None
         settings = {
             "aligned": aligned,
-            "detector": None if aligned else detector_spec,
-            "attributes": space_key("attributes", {}, [attributes]) if attributes else None,
+            "detector": detector_spec,  # with ``aligned``: for the pose only ("none": no pose)
+            "attributes": embedding_space("attributes", attributes) if attributes else None,
         }
         folder, entry = find_entry(cache, slug(Path(path)), entry_key(dataset_id(dataset), space, settings))
         if entry is not None:
             return entry
         detector_name, detector_options = parse_spec(detector_spec)
-        detector = None if aligned else get_detector({"name": detector_name, **detector_options})
-        embeddings, measures = embed_dataset(dataset, embedder, detector, attribute_model, progress)
+        if aligned and detector_name == "none":
+            detector = None
+        else:
+            detector = get_detector({"name": detector_name, **detector_options})
+        embeddings, measures = embed_dataset(dataset, embedder, detector, attribute_model, progress, aligned)
         meta = {
             "dataset": str(Path(path).resolve()),
             "format": dataset.format,

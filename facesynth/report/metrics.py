@@ -11,8 +11,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-BLOCK = 1024  # rows per block of a blockwise similarity scan (BLOCK x K float32 at a time)
-
 
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -154,38 +152,6 @@ def centroids(embeddings: np.ndarray, labels: np.ndarray, classes: int) -> np.nd
     return out
 
 
-def nearest_other(vectors: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine, index) of each row's nearest other row, scanned in blocks of rows."""
-    n = len(vectors)
-    best = np.full(n, -np.inf, np.float32)
-    which = np.full(n, -1, np.int64)
-    for start in range(0, n, block):
-        sims = vectors[start : start + block] @ vectors.T
-        rows = np.arange(len(sims))
-        sims[rows, start + rows] = -np.inf
-        which[start : start + len(sims)] = np.argmax(sims, axis=1)
-        best[start : start + len(sims)] = sims[rows, which[start : start + len(sims)]]
-    return best, which
-
-
-def unique_count(vectors: np.ndarray, threshold: float, block: int = BLOCK) -> int:
-    """Identities left by a greedy pass in label order that drops any identity whose cosine to an
-    identity already kept reaches ``threshold`` (DCFace's and Vec2Face's uniqueness counts use
-    0.3 and 0.4 on ArcFace centroids)."""
-    kept: list[int] = []
-    for start in range(0, len(vectors), block):
-        rows = vectors[start : start + block]
-        alive = np.ones(len(rows), bool)
-        if kept:
-            alive &= (rows @ vectors[kept].T).max(axis=1) < threshold
-        inner = rows @ rows.T
-        for r in range(len(rows)):
-            if alive[r]:
-                kept.append(start + r)
-                alive[r + 1 :] &= inner[r, r + 1 :] < threshold
-    return len(kept)
-
-
 def vendi(embeddings: np.ndarray) -> float:
     """Vendi score with the cosine kernel: exp of the entropy of the eigenvalues of K/n (K = X X^T).
 
@@ -205,17 +171,6 @@ def vendi_of_grams(grams: np.ndarray) -> np.ndarray:
     eig = np.clip(np.linalg.eigvalsh(grams), 0, None)
     terms = np.where(eig > 1e-12, eig * np.log(np.where(eig > 1e-12, eig, 1.0)), 0.0)
     return np.exp(-terms.sum(axis=-1))
-
-
-def best_match(queries: np.ndarray, gallery: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine, gallery index) of each query's closest gallery row, in blocks of queries."""
-    best = np.empty(len(queries), np.float32)
-    which = np.empty(len(queries), np.int64)
-    for start in range(0, len(queries), block):
-        sims = queries[start : start + block] @ gallery.T
-        which[start : start + len(sims)] = np.argmax(sims, axis=1)
-        best[start : start + len(sims)] = sims[np.arange(len(sims)), which[start : start + len(sims)]]
-    return best, which
 
 
 def histogram(values: np.ndarray, bins: np.ndarray) -> list[int]:

@@ -139,6 +139,7 @@ TABLES = {
         ("yaw", "diversity/yaw"),
         ("pitch", "diversity/pitch"),
         ("roll", "diversity/roll"),
+        ("head pose", "diversity/pose_note"),
     ],
     "leakage": [
         ("gallery size", "leakage/gallery_size"),

@@ -40,25 +40,6 @@ def test_bootstrap_interval_covers_the_point_estimate() -> None:
     assert low < M.fisher_ratio(mated, nonmated) < high and high - low < 2.0
 
 
-def test_uniqueness_counts_planted_near_duplicates() -> None:
-    rng = np.random.default_rng(3)
-    base = M.unit(rng.standard_normal((50, 512)))  # random 512-d vectors: pairwise cosine ~ +-0.15
-    # 10 near-duplicates at cosine ~0.95 of identities 0..9, and 5 at cosine 0.35 of 10..14
-    near = M.unit(base[:10] + 0.33 * M.unit(rng.standard_normal((10, 512))))
-    noise = rng.standard_normal((5, 512))
-    noise = M.unit(noise - np.sum(noise * base[10:15], 1, keepdims=True) * base[10:15])  # orthogonal to them
-    mid = 0.35 * base[10:15] + math.sqrt(1 - 0.35**2) * noise  # cosine exactly 0.35
-    vectors = M.unit(np.concatenate([base, near, mid]).astype(np.float32))
-    assert M.unique_count(vectors, 0.3) == 50  # both kinds of duplicate are dropped at 0.3
-    assert M.unique_count(vectors, 0.4) == 55  # only the close ones at 0.4
-    assert M.unique_count(vectors, 0.3, block=7) == 50  # blocks do not change the answer
-    cos, which = M.nearest_other(vectors, block=16)
-    assert which[50:60].tolist() == list(range(10)) and (cos[50:60] > 0.9).all()
-    brute = vectors @ vectors.T
-    np.fill_diagonal(brute, -np.inf)
-    np.testing.assert_allclose(cos, brute.max(1), rtol=1e-5)
-
-
 def test_vendi_of_known_sets() -> None:
     eye = np.eye(8, dtype=np.float32)
     assert abs(M.vendi(eye) - 8.0) < 1e-6  # n orthogonal images: n
@@ -89,5 +70,3 @@ def test_pairs_centroids_and_best_match() -> None:
     c = M.centroids(x, labels, 4)
     np.testing.assert_allclose(c[1], M.unit(x[2:5].mean(0)), rtol=1e-5)
     assert np.isnan(c[3]).all()
-    best, which = M.best_match(x, x[::-1].copy(), block=4)
-    assert (which == np.arange(6)[::-1]).all() and np.allclose(best, 1.0)

@@ -21,14 +21,10 @@ def _files(root: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_smoke_report_writes_page_stats_and_plots_only_under_out(smoke: Path, tmp_path: Path) -> None:
-    before = _files(smoke)
-    out = tmp_path / "report"
-    assert (
-        main(["report", str(smoke), "--embedder", "dlib", "--aligned", "--out", str(out), "--no-progress"])
-        == 0
-    )
-    assert _files(smoke) == before  # nothing written into the dataset
+def test_smoke_report_writes_page_stats_and_plots_only_under_out(
+    smoke: Path, smoke_report: Path, tmp_path: Path
+) -> None:
+    out = smoke_report
     assert {"report.html", "stats.json", "verification.png", "separability.png", "consistency.png",
             "diversity.png", "separation.png", "funnel.png", "cache"} <= {p.name for p in out.iterdir()}  # fmt: skip
     stats = json.loads((out / "stats.json").read_text())["datasets"]["out"]
@@ -37,16 +33,36 @@ def test_smoke_report_writes_page_stats_and_plots_only_under_out(smoke: Path, tm
     assert stats["funnel"]["images_generated"] == run["images_generated"]
     assert sum(stats["funnel"]["reasons"].values()) == sum(run["rejected_by"].values())
     assert stats["separation_requested_vs_realised"]["requested_max_cosine"] == 0.3
+    assert "--detector none" in stats["diversity"]["pose_note"] and stats["diversity"]["yaw"]["count"] == 0
     v = stats["verification"]
     assert 0 <= v["eer"]["ci95"][0] <= v["eer"]["value"] <= v["eer"]["ci95"][1] <= 1
-    # a second run reads the cache: the entry is not rewritten
-    entry = next((out / "cache").iterdir())
+    # the cache is keyed by the embedder's space (family:sha256 of its weights)
+    (entry,) = (out / "cache").iterdir()
+    from facesynth.faces.models import get_embedder
+
+    assert json.loads((entry / "meta.json").read_text())["space"] == get_embedder({"name": "dlib"}).space
+    # a second run reads the cache (the entry is not rewritten) and writes nothing into the dataset
+    before = _files(smoke)
     stamp = (entry / "embeddings.npy").stat().st_mtime_ns
     assert (
-        main(["report", str(smoke), "--embedder", "dlib", "--aligned", "--out", str(out), "--no-progress"])
+        main(
+            [
+                "report",
+                str(smoke),
+                "--embedder",
+                "dlib",
+                "--aligned",
+                "--detector",
+                "none",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )  # fmt: skip
         == 0
     )
     assert (entry / "embeddings.npy").stat().st_mtime_ns == stamp
+    assert _files(smoke) == before
     # one-line errors: empty dataset, unknown embedder, output inside the dataset
     (tmp_path / "empty" / "someone").mkdir(parents=True)
     assert main(["report", str(tmp_path / "empty"), "--embedder", "dlib", "--out", str(tmp_path / "r2")]) == 2
@@ -55,26 +71,26 @@ def test_smoke_report_writes_page_stats_and_plots_only_under_out(smoke: Path, tm
     assert not (smoke / "report").exists()
 
 
+FIGURES = ("verification", "separability", "consistency", "diversity", "images")
+
+
 @pytest.mark.slow
 def test_the_same_dataset_in_four_formats_gives_identical_figures(
-    smoke_formats: dict[str, Path], tmp_path: Path
+    smoke_formats: dict[str, Path], smoke_report: Path, tmp_path: Path
 ) -> None:
-    figures = {}
-    for kind, path in smoke_formats.items():
-        stats = report(
-            [path], "dlib", tmp_path / kind, aligned=True, cache=tmp_path / "cache", progress=False
-        )
-        (one,) = stats["datasets"].values()
-        figures[kind] = {
-            k: one[k] for k in ("verification", "separability", "consistency", "diversity", "images")
-        }
-    assert len(list((tmp_path / "cache").iterdir())) == 4  # one entry per dataset
-    for kind in ("imagefolder", "recordio", "lmdb"):
-        assert figures[kind] == figures["parquet"], kind
-    # side by side, against an embeddings-file gallery with one planted leak: no embedding is recomputed
+    from facesynth.report import _finite
+    from facesynth.report.analyse import analyse
     from facesynth.report.cache import read_entry
+    from facesynth.report.embed import cached_embeddings
 
-    entries = sorted((tmp_path / "cache").iterdir())
+    (parquet,) = json.loads((smoke_report / "stats.json").read_text())["datasets"].values()
+    cache = tmp_path / "cache"
+    for kind in ("imagefolder", "recordio", "lmdb"):  # each read through its own reader and embedded
+        entry = cached_embeddings(smoke_formats[kind], "dlib", cache, True, "none", progress=False)
+        stats = json.loads(json.dumps(_finite(analyse(entry, kind, progress=False).stats)))
+        assert {k: stats[k] for k in FIGURES} == {k: parquet[k] for k in FIGURES}, kind
+    # side by side, against an embeddings-file gallery with one planted leak: no embedding is recomputed
+    entries = sorted(cache.iterdir())
     stamps = [(e / "embeddings.npy").stat().st_mtime_ns for e in entries]
     planted = read_entry(entries[0]).rows(0, 1)
     rng = np.random.default_rng(0)
@@ -84,14 +100,14 @@ def test_the_same_dataset_in_four_formats_gives_identical_figures(
     )
     out = tmp_path / "cmp"
     args = ["report", str(smoke_formats["lmdb"]), str(smoke_formats["recordio"]), "--embedder", "dlib", "--aligned",
-            "--gallery", str(tmp_path / "real.npy"), "--cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"]  # fmt: skip
+            "--detector", "none", "--gallery", str(tmp_path / "real.npy"), "--cache", str(cache), "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(args) == 0
     assert [(e / "embeddings.npy").stat().st_mtime_ns for e in entries] == stamps
     both = json.loads((out / "stats.json").read_text())["datasets"]
     assert set(both) == {"smoke.lmdb", "rec"}
     for stats in both.values():
         assert stats["leakage"]["gallery_size"] == 51 and stats["leakage"]["image_best_match"]["max"] > 0.999
-        assert stats["verification"] == figures["parquet"]["verification"]
+        assert stats["verification"] == parquet["verification"]
     assert "leakage.png" in json.loads((out / "stats.json").read_text())["figures"]
 
 
@@ -115,12 +131,24 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for i, image in enumerate(lfw[:4]):
         (data / f"lfw{i}").mkdir()
         Image.fromarray(np.repeat(image[:, :, None], 3, 2)).save(data / f"lfw{i}" / "0.png")
+    # the same pictures as aligned 112x112 crops, aligned by our aligner on dlib's landmarks
+    from facesynth.faces.align import align, main_face
+    from facesynth.faces.models import get_detector
+
+    detector = get_detector({"name": "dlib"})
+    for picture in sorted(data.rglob("*.png")):
+        rgb = np.asarray(Image.open(picture).convert("RGB"))
+        face = main_face(detector.detect(rgb))
+        if face is not None:
+            crop = root / "aligned" / picture.relative_to(data)
+            crop.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(align(rgb, face.landmarks, 112)).save(crop)
     (gallery / "eileen").mkdir(parents=True)
     Image.fromarray(cv2.GaussianBlur(a, (0, 0), 1.0)).save(gallery / "eileen" / "0.png")
     for i, image in enumerate(lfw[4:]):
         (gallery / f"person{i}").mkdir()
         Image.fromarray(np.repeat(image[:, :, None], 3, 2)).save(gallery / f"person{i}" / "0.png")
-    return {"data": data, "gallery": gallery}
+    return {"data": data, "gallery": gallery, "aligned": root / "aligned"}
 
 
 def attribute_model(path: Path) -> Path:
@@ -182,6 +210,56 @@ def test_real_faces_through_dlib(faces_report: Path) -> None:
     page = (faces_report / "report.html").read_text()
     assert "closest gallery matches" in page and "1-(1-f)^M" in page
     assert page.count("<img") >= 10 and "src='http" not in page and 'src="http' not in page
+
+
+def pose_by_image(cache: Path) -> dict[str, tuple[float, float, float]]:
+    """(yaw, pitch, roll) of each image of a cache entry, by ``identity/image`` name."""
+    from facesynth.readers import open_dataset
+    from facesynth.report.cache import read_entry
+
+    (folder,) = [p for p in cache.iterdir() if p.name.startswith(("synthetic-", "aligned-"))]
+    entry = read_entry(folder)
+    dataset = open_dataset(entry.meta["dataset"])
+    m, names = entry.measures, entry.meta["identity_names"]
+    return {
+        f"{names[k]}/{dataset.name(int(i))}": (float(m["yaw"][r]), float(m["pitch"][r]), float(m["roll"][r]))
+        for r, (i, k) in enumerate(zip(entry.index, entry.labels, strict=True))
+    }
+
+
+@pytest.mark.slow
+def test_pose_of_aligned_crops_matches_the_pose_of_the_pictures(
+    faces: dict[str, Path], faces_report: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "aligned"
+    stats = report([faces["aligned"]], "dlib", out, aligned=True, progress=False)["datasets"]["aligned"]
+    crops, pictures = pose_by_image(out / "cache"), pose_by_image(faces_report / "cache")
+    assert len(crops) == sum(np.isfinite(p[0]) for p in pictures.values()) >= 6  # a crop per face found
+    both = [i for i in crops if np.isfinite(crops[i][0])]
+    assert len(both) >= 7  # the detector finds the face again in (nearly) every aligned crop
+    yaw = np.array([[crops[i][0], pictures[i][0]] for i in both])
+    pitch = np.array([[crops[i][1], pictures[i][1]] for i in both])
+    # a similarity transform keeps yaw and pitch; roll is gone (unknown for crops)
+    assert np.median(np.abs(yaw[:, 0] - yaw[:, 1])) < 3 and np.abs(yaw[:, 0] - yaw[:, 1]).max() < 8
+    assert np.median(np.abs(pitch[:, 0] - pitch[:, 1])) < 3 and np.abs(pitch[:, 0] - pitch[:, 1]).max() < 8
+    assert all(np.isnan(crops[i][2]) for i in crops)
+    # the mirrored astronaut (image 1) turns the other way than the unmirrored ones (0, 2, 3)
+    flipped, darker = crops["astronaut/1.png"][0], crops["astronaut/3.png"][0]
+    assert abs(flipped + darker) < 2 and np.sign(flipped) != np.sign(darker)
+    assert (
+        stats["diversity"]["yaw"]["count"] == len(both)
+        and "roll is unknown" in stats["diversity"]["pose_note"]
+    )
+    assert "aligning removed it" in (out / "report.html").read_text()
+
+
+def test_the_page_says_why_pose_is_absent() -> None:
+    from facesynth.report.analyse import pose_note
+
+    measures = {"yaw": np.full(3, np.nan, np.float32)}
+    valid = np.ones(3, bool)
+    assert "found no face" in pose_note({"aligned": True, "detector": "dlib"}, measures, valid)
+    assert "0 of 3" in pose_note({"aligned": False, "detector": "dlib"}, measures, valid)
 
 
 def chromium() -> str | None:
