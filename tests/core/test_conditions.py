@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from smoke import SMALL, SMOKE
 
 import facesynth
 from facesynth import layout
@@ -16,37 +17,35 @@ from facesynth.errors import UserInputError
 from facesynth.finalize import finalize
 from facesynth.writer import encode_image
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "recipes" / "smoke.yaml"
-SMALL = ["identities.count=8", "output.identities_per_unit=4"]
 
-
-def test_units_record_conditions_and_regenerate_checks_them(tmp_path: Path) -> None:
+def test_units_record_conditions_and_regenerate_checks_them(small_units: Path, tmp_path: Path) -> None:
     from importlib.metadata import version
 
     import pyarrow.parquet as pq
 
-    stats = facesynth.run(SMOKE, out=tmp_path, overrides=SMALL, progress=False)
+    out = tmp_path / "out"
+    shutil.copytree(small_units, out)  # the units this recipe made in this process; the run finalizes
+    stats = facesynth.run(SMOKE, out=out, overrides=SMALL, progress=False)
     (group,) = stats["made_with"]
     made = group["made_with"]
     assert group["units"] == [0, 1]
     assert made["device"] == "cpu" and made["dtype"] == "fp32" and made["batch_invariant"] is True
     assert made["batch_size"] == 8 and made["torch"] == version("torch") and made["cuda"] is None
-    card = (tmp_path / layout.CARD).read_text()
+    card = (out / layout.CARD).read_text()
     assert "bit-identical" in card and "cpu, fp32, batch size 8, batch-invariant" in card
 
-    row = pq.read_table(sorted((tmp_path / "data").glob("*.parquet"))[0]).to_pylist()[0]
-    image = facesynth.regenerate(tmp_path, row["identity"], row["attempt"])
+    row = pq.read_table(sorted((out / "data").glob("*.parquet"))[0]).to_pylist()[0]
+    image = facesynth.regenerate(out, row["identity"], row["attempt"])
     assert encode_image(image, "jpeg", 95) == row["image"]["bytes"]
 
     # The same dataset as if made on a GPU in fp16, batch-variant in batches of 8.
-    recorded = json.loads((tmp_path / layout.STATS).read_text())
+    recorded = json.loads((out / layout.STATS).read_text())
     recorded["made_with"][0]["made_with"].update(device="cuda:0", dtype="fp16", batch_invariant=False)
-    (tmp_path / layout.STATS).write_text(json.dumps(recorded))
+    (out / layout.STATS).write_text(json.dumps(recorded))
     with pytest.raises(UserInputError, match=r"dtype was 'fp16', now 'fp32'.*batches of 8.*exact=False"):
-        facesynth.regenerate(tmp_path, row["identity"], row["attempt"])
+        facesynth.regenerate(out, row["identity"], row["attempt"])
     with pytest.warns(UserWarning, match="device was 'cuda:0', now 'cpu'"):
-        again = facesynth.regenerate(tmp_path, row["identity"], row["attempt"], exact=False)
+        again = facesynth.regenerate(out, row["identity"], row["attempt"], exact=False)
     assert again.tobytes() == image.tobytes()
 
 

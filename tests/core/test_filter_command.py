@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from outputs import read_all
 from PIL import Image
 
 from facesynth import layout
+from facesynth.cli import main
 
 RECIPE = """\
 name: clean
@@ -58,25 +61,23 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_filter_folder_keeps_the_consistent_identity(folder: Path, tmp_path: Path) -> None:
-    recipe = tmp_path / "clean.yaml"
+@pytest.fixture(scope="module")
+def cleaned(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(recipe, output) of `facesynth filter FOLDER --recipe clean.yaml`, run as a command. Read-only."""
+    root = tmp_path_factory.mktemp("cleaned")
+    recipe, out = root / "clean.yaml", root / "out"
     recipe.write_text(RECIPE)
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "facesynth.cli",
-        "filter",
-        str(folder),
-        "--recipe",
-        str(recipe),
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "facesynth.cli", "filter", str(folder), "--recipe", str(recipe)]
+    result = subprocess.run([*cmd, "--out", str(out), "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    return recipe, out
 
+
+@pytest.mark.slow
+def test_filter_folder_keeps_the_consistent_identity(
+    folder: Path, cleaned: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    recipe, out = cleaned
     ds = load_dataset(str(out), split="train")
     assert all(image.size == (112, 112) for image in ds["image"])  # aligned crops
     table = [
@@ -95,25 +96,14 @@ def test_filter_folder_keeps_the_consistent_identity(folder: Path, tmp_path: Pat
     identities = {r["name"]: r for r in pq.read_table(out / "identities.parquet").to_pylist()}
     assert identities["astronaut"]["label"] == 0 and identities["astronaut"]["images_kept"] == 4
 
-    # a rerun on the finished output changes nothing; a bad input is exit 2
-    again = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True)
-    assert again.returncode == 0
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facesynth.cli",
-            "filter",
-            str(tmp_path / "nope"),
-            "--recipe",
-            str(recipe),
-            "--out",
-            str(tmp_path / "o2"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert missing.returncode == 2 and "not found" in missing.stderr
+    # a rerun on the finished output changes nothing; a bad input is exit 2 (in this process: the
+    # command above was the subprocess, and main's return value is the exit status)
+    before = read_all(out)
+    assert main(["filter", str(folder), "--recipe", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    assert read_all(out) == before
+    capsys.readouterr()
+    missing = ["filter", str(tmp_path / "nope"), "--recipe", str(recipe), "--out", str(tmp_path / "o2")]
+    assert main(missing) == 2 and "not found" in capsys.readouterr().err
 
 
 def test_reencoded_images_are_named_by_their_new_format(tmp_path: Path) -> None:
@@ -191,7 +181,7 @@ def test_filter_rows_and_scores_do_not_depend_on_the_batch_size(folder: Path, tm
 
 @pytest.mark.slow
 def test_filter_overwrite_replaces_a_finished_or_unfinished_output_of_another_recipe(
-    folder: Path, tmp_path: Path
+    folder: Path, cleaned: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from facesynth.errors import UserInputError
     from facesynth.refilter import filter_dataset
@@ -204,7 +194,8 @@ def test_filter_overwrite_replaces_a_finished_or_unfinished_output_of_another_re
     expected = read_all(fresh)
 
     finished = tmp_path / "finished"
-    old_stats = filter_dataset(folder, old, finished, progress=False)
+    shutil.copytree(cleaned[1], finished)  # the old recipe's finished output
+    old_stats = json.loads((finished / layout.STATS).read_text())
     assert _summary(old_stats) != _summary(expected_stats)
     with pytest.raises(UserInputError, match="different recipe"):
         filter_dataset(folder, new, finished, progress=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -12,15 +11,13 @@ from pathlib import Path
 
 import pytest
 from outputs import read_all
+from smoke import SMALL, SMOKE
 
 import facesynth
 from facesynth import layout
 from facesynth.cli import main
 from facesynth.finalize import STAGING, finalize
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "recipes" / "smoke.yaml"
-OVERRIDES = ["identities.count=8", "output.identities_per_unit=4"]
 # In order; the commit (stats.json) happens between "moved-README.md" and "committed".
 STEPS = [
     "shards-staged",
@@ -32,49 +29,54 @@ STEPS = [
     "committed",
     "units-removed",
 ]
+# One interpreter imports facesynth once (seconds), then forks one child per (output, step); each child
+# finalizes its output until the crash-test hook SIGKILLs it. Prints {step: exit code}.
+KILL_EACH_STEP = """\
+import json, os, sys, traceback
+from facesynth.finalize import finalize
 
-
-@pytest.fixture(scope="module")
-def units(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An output whose units are all done, not finalized yet."""
-    from facesynth.prepare import prepare
-    from facesynth.recipe import load_recipe
-    from facesynth.runner import run_units
-
-    out = tmp_path_factory.mktemp("units") / "out"
-    run = prepare(load_recipe(SMOKE, OVERRIDES), out, progress=False)
-    run_units(out, range(run["num_units"]), progress=False)
-    return out
+children = {}
+for path, step in zip(sys.argv[1::2], sys.argv[2::2]):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.environ["FACESYNTH_TEST_KILL_AT"] = f"finalize:{step}"
+            finalize(path)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    children[step] = pid
+print(json.dumps({step: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for step, pid in children.items()}))
+"""
 
 
 @pytest.mark.slow
 def test_sigkill_at_each_finalize_step_then_rerun_completes_it(
-    units: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    small_units: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     reference = tmp_path / "reference"
-    shutil.copytree(units, reference)
+    shutil.copytree(small_units, reference)
     finalize(reference)
     expected, expected_stats = read_all(reference), (reference / layout.STATS).read_text()
 
-    # One process per step, killed there; started together (they only read units/ and write their own copy).
-    procs = {}
+    # One process per step, killed there; run together (each writes only its own copy).
+    args = []
     for step in STEPS:
-        shutil.copytree(units, tmp_path / step)
-        env = {**os.environ, "FACESYNTH_TEST_KILL_AT": f"finalize:{step}"}
-        cmd = [sys.executable, "-m", "facesynth.cli", "finalize", str(tmp_path / step)]
-        procs[step] = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-    for k, (step, proc) in enumerate(procs.items()):
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == -signal.SIGKILL, (step, err)
+        shutil.copytree(small_units, tmp_path / step)
+        args += [str(tmp_path / step), step]
+    killer = subprocess.run([sys.executable, "-c", KILL_EACH_STEP, *args], capture_output=True, text=True)
+    assert killer.returncode == 0, killer.stderr
+    assert json.loads(killer.stdout) == {step: -signal.SIGKILL for step in STEPS}, killer.stderr
+
+    for k, step in enumerate(STEPS):
         out = tmp_path / step
         committed = k >= STEPS.index("committed")
         assert (out / layout.STATS).exists() == committed, step
         assert main(["info", str(out), "--json"]) == 0
         assert (json.loads(capsys.readouterr().out)["state"] == "finalized") == committed, step
 
-        facesynth.run(SMOKE, out=out, overrides=OVERRIDES, progress=False)
+        facesynth.run(SMOKE, out=out, overrides=SMALL, progress=False)
         # stats.json holds each unit's timings: a regenerated unit would change it
         assert (out / layout.STATS).read_text() == expected_stats, step
         assert read_all(out) == expected, step

@@ -97,22 +97,21 @@ def test_file_hashes_are_read_once_per_size_and_mtime(
     assert reads == []
 
 
-def test_finalize_refuses_units_of_different_generator_provenance(tmp_path: Path) -> None:
-    from facesynth.finalize import finalize
-    from facesynth.prepare import prepare
-    from facesynth.runner import run_units
+def test_finalize_refuses_units_of_different_generator_provenance(small_units: Path, tmp_path: Path) -> None:
+    import shutil
 
-    recipe = load_recipe(SMOKE, ["identities.count=4", "output.identities_per_unit=2"])
-    prepare(recipe, tmp_path, progress=False)
-    run_units(tmp_path, [0, 1], progress=False)
+    from facesynth.finalize import finalize
+
+    out = tmp_path / "out"
+    shutil.copytree(small_units, out)
     # Unit 1 as if made after the Hub repo of the weights moved on to another revision.
-    marker = layout.unit_done_marker(tmp_path, 1)
+    marker = layout.unit_done_marker(out, 1)
     done = layout.read_json(marker)
     done["generator"]["revision"] = "0123abc"
     layout.atomic_write_json(marker, done)
     with pytest.raises(FacesynthError, match=r"unit 1 .*revision"):
-        finalize(tmp_path)
-    assert not (tmp_path / layout.STATS).exists()
+        finalize(out)
+    assert not (out / layout.STATS).exists()
 
 
 def test_a_folder_enters_by_the_names_and_contents_of_its_files(tmp_path: Path) -> None:

@@ -14,25 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 from outputs import read_all
+from smoke import SETS, SMOKE
 
 import facesynth
 from facesynth import layout, schema
 from facesynth.cli import main
 from facesynth.writer import encode_image
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "recipes" / "smoke.yaml"
 
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("smoke") / "out"
-    stats = facesynth.run(SMOKE, out=out, progress=False)
-    return out, stats
-
-
-def test_smoke_dataset_loads_with_datasets(smoke: tuple[Path, dict]) -> None:
-    out, stats = smoke
+def test_smoke_dataset_loads_with_datasets(smoke_run: tuple[Path, dict]) -> None:
+    out, stats = smoke_run
     ds = load_dataset(str(out), split="train")
     assert len(ds) == stats["images_kept"] > 0
     assert ds.features["image"].__class__.__name__ == "Image"
@@ -60,8 +51,8 @@ def test_smoke_dataset_loads_with_datasets(smoke: tuple[Path, dict]) -> None:
     assert not (out / layout.UNITS).exists()
 
 
-def test_regenerating_a_row_gives_the_same_image(smoke: tuple[Path, dict]) -> None:
-    out, _ = smoke
+def test_regenerating_a_row_gives_the_same_image(smoke_run: tuple[Path, dict]) -> None:
+    out, _ = smoke_run
     table = pq.read_table(sorted((out / "data").glob("*.parquet"))[-1]).to_pylist()
     row = table[-1]
     image = facesynth.regenerate(out, row["identity"], row["attempt"])
@@ -69,13 +60,13 @@ def test_regenerating_a_row_gives_the_same_image(smoke: tuple[Path, dict]) -> No
 
 
 def test_rerun_on_finished_output_is_a_no_op_and_other_recipe_is_refused(
-    smoke: tuple[Path, dict], capsys: pytest.CaptureFixture
+    smoke_run: tuple[Path, dict], capsys: pytest.CaptureFixture
 ) -> None:
-    out, stats = smoke
+    out, stats = smoke_run
     before = read_all(out)
-    assert main(["run", str(SMOKE), "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", str(SMOKE), "--out", str(out), *SETS, "--no-progress"]) == 0
     assert read_all(out) == before
-    assert main(["run", str(SMOKE), "--out", str(out), "--set", "seed=7", "--no-progress"]) == 2
+    assert main(["run", str(SMOKE), "--out", str(out), *SETS, "--set", "seed=7", "--no-progress"]) == 2
     assert "different recipe" in capsys.readouterr().err
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -97,13 +88,12 @@ def _start_and_stop_after(cmd: list[str], out: Path, units_done: int, sig: int) 
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_sigkill_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
-    reference = tmp_path / "reference"
-    facesynth.run(SMOKE, out=reference, overrides=["identities.count=32"], progress=False)
-
+def test_ctrl_c_then_sigkill_then_rerun_equals_uninterrupted(
+    tmp_path: Path, smoke_tables: dict, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "facesynth.cli", "run", str(SMOKE), "--out", str(out)]
-    cmd += ["--set", "identities.count=32", "--no-progress"]
+    args = ["run", str(SMOKE), "--out", str(out), *SETS, "--no-progress"]
+    cmd = [sys.executable, "-m", "facesynth.cli", *args]
     interrupted = _start_and_stop_after(cmd, out, 1, signal.SIGINT)
     err = interrupted.stderr.read().strip().splitlines() if interrupted.stderr else []
     assert interrupted.returncode == 1 and "interrupted" in err[-1] and "Traceback" not in "\n".join(err)
@@ -114,14 +104,12 @@ def test_ctrl_c_then_sigkill_then_rerun_equals_uninterrupted(tmp_path: Path) -> 
     done_before = len(list((out / layout.UNITS).glob("unit-*[0-9].json")))
     assert 3 <= done_before < 8
 
-    info = subprocess.run(
-        [sys.executable, "-m", "facesynth.cli", "info", str(out), "--json"], capture_output=True, text=True
-    )
-    assert json.loads(info.stdout)["units_done"] == done_before
-
-    rerun = subprocess.run(cmd, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    assert read_all(out) == read_all(reference)
+    # Info and the rerun in this process: only the interrupted runs need to be processes of their own.
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["units_done"] == done_before
+    assert main(args) == 0
+    assert read_all(out) == smoke_tables
 
 
 def test_identities_below_minimum_are_dropped_and_labels_stay_dense(tmp_path: Path) -> None:

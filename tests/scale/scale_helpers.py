@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "recipes" / "smoke.yaml"
-# 16 identities in 8 units of 2: enough units for two workers, three array tasks and a kill mid-run.
-OVERRIDES = ["identities.count=16", "output.identities_per_unit=2"]
+from smoke import OVERRIDES, SMOKE
+
+__all__ = ["OVERRIDES", "SMOKE", "free_port"]
 
 
 def free_port() -> int:
