@@ -361,23 +361,40 @@ class MaskDraws:
     def __init__(self, seed: int, ratios: np.ndarray, num_dropped: int) -> None:
         self.torch = torch.Generator("cpu").manual_seed(int(seed))
         self.ratios = ratios.tolist()  # this image's mask ratios, one per forward pass
-        self.passes = 0
+        self.passes = 0  # forward passes drawn so far
         self.num_dropped = num_dropped
+
+    def next_ratio(self) -> float:
+        if self.passes == len(self.ratios):
+            raise RuntimeError(f"only {len(self.ratios)} forward passes were planned for this image")
+        self.passes += 1
+        return self.ratios[self.passes - 1]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(drop [49] bool, masked [49] bool, mask ratio) for the next forward pass of this image."""
-        if self.passes == len(self.ratios):
-            raise RuntimeError(f"only {len(self.ratios)} forward passes were planned for this image")
-        rate = self.ratios[self.passes]
-        self.passes += 1
-        num_masked = math.ceil(TOKENS * rate)
-        while True:  # the published loop redraws the noise when a cut-off value is tied
-            noise = torch.rand(TOKENS, generator=self.torch)
-            ordered = noise.sort().values
-            drop = noise <= ordered[self.num_dropped - 1]
-            masked = noise <= ordered[num_masked - 1]
-            if int(drop.sum()) == self.num_dropped and int(masked.sum()) == num_masked:
-                return drop, masked, rate
+        drop, masked, rates = next_masks([self])
+        return drop[0], masked[0], rates[0]
+
+
+def next_masks(draws: Sequence[MaskDraws]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """(drop [B, 49], masked [B, 49], mask ratios) for the next forward pass of each image.
+
+    Row i is what image i's own streams give (its noise comes from its own generator), so a batch
+    equals its images drawn one by one; only the sorting and comparing run once for the batch.
+    """
+    rates = [d.next_ratio() for d in draws]
+    counts = torch.tensor([math.ceil(TOKENS * rate) for rate in rates])
+    dropped = draws[0].num_dropped
+    noise = torch.stack([torch.rand(TOKENS, generator=d.torch) for d in draws])
+    while True:
+        ordered = noise.sort(dim=1).values
+        drop = noise <= ordered[:, dropped - 1 : dropped]
+        masked = noise <= ordered.gather(1, counts[:, None] - 1)
+        tied = (drop.sum(1) != dropped) | (masked.sum(1) != counts)
+        if not tied.any():
+            return drop, masked, rates
+        for row in tied.nonzero()[:, 0].tolist():  # the published loop redraws the noise on a tied cut-off
+            noise[row] = torch.rand(TOKENS, generator=draws[row].torch)
 
 
 def mask_ratios(ratio: Any, seeds: Sequence[int], passes: int) -> np.ndarray:
@@ -638,13 +655,13 @@ class AttrOP:
         return cosine, self.magface(images).norm(dim=1), yaw
 
     def gradient(
-        self, x: torch.Tensor, targets: torch.Tensor, masks: list[tuple[torch.Tensor, torch.Tensor]]
+        self, x: torch.Tensor, targets: torch.Tensor, drop: torch.Tensor, masked: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(gradient of each row's loss, cosine, norm, yaw) for vectors ``x`` and their masks."""
+        """(gradient of each row's loss, cosine, norm, yaw) for vectors ``x`` and their token masks."""
         o = self.options
         leaf = x.clone().requires_grad_(True)
         with torch.enable_grad():
-            image = self.generator.forward(leaf, masks).float().clamp(-1, 1)
+            image = self.generator.forward(leaf, drop, masked).float().clamp(-1, 1)
             cosine, norm, yaw = self.scores(image, targets)
             loss = (1 - cosine) * 100 + (o.quality - norm).clamp(min=0)
             if o.yaw is not None:
@@ -665,10 +682,10 @@ class AttrOP:
         active = list(range(len(x)))
         while active:
             rows = torch.tensor(active)
-            masks = [draws[r].next()[:2] for r in active]
+            drop, masked, _ = next_masks([draws[r] for r in active])
             # One row at a time when batch-invariant: the estimators' kernels then never see the batch.
             chunks = [[k] for k in range(len(active))] if gen.batch_invariant else [list(range(len(active)))]
-            parts = [self.gradient(x[rows[c]], targets[rows[c]], [masks[k] for k in c]) for c in chunks]
+            parts = [self.gradient(x[rows[c]], targets[rows[c]], drop[c], masked[c]) for c in chunks]
             grad, cosine, norm, yaw = (torch.cat(p) for p in zip(*parts, strict=True))
             with torch.no_grad():
                 b1, b2 = self.BETAS
@@ -760,12 +777,9 @@ class Vec2FaceGenerator:
         ratios = mask_ratios(self.ratio, seeds, passes)
         return [MaskDraws(seed, ratios[row], self.num_dropped) for row, seed in enumerate(seeds)]
 
-    def forward(
-        self, vectors: torch.Tensor, masks: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    ) -> torch.Tensor:
-        """Images in [-1, 1] for vectors [B, 512] on the device and per-row (drop, masked) masks."""
-        drop = torch.stack([m[0] for m in masks]).to(self.device)
-        masked = torch.stack([m[1] for m in masks]).to(self.device)
+    def forward(self, vectors: torch.Tensor, drop: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] for vectors [B, 512] and their (drop, masked) token masks [B, 49]."""
+        drop, masked = drop.to(self.device), masked.to(self.device)
         x = vectors.to(self.device, self.dtype)
         if self.batch_invariant and len(x) > 1:  # the same kernels whatever the batch (see arc2face)
             rows = [self.model(x[i : i + 1], drop[i : i + 1], masked[i : i + 1]) for i in range(len(x))]
@@ -809,7 +823,7 @@ class Vec2FaceGenerator:
                     x, records = self.attrop.run(x, x, draws)
                     self._scores[start:stop] = records
                 with torch.inference_mode():
-                    out = self.forward(x, [d.next()[:2] for d in draws])
+                    out = self.forward(x, *next_masks(draws)[:2])
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise out_of_memory_error(self.name, self.batch_size, self.model.config.image_size) from None

@@ -20,6 +20,7 @@ from facesynth.generators.vec2face import (
     build_random_vec2face,
     convert_to_safetensors,
     mask_ratios,
+    next_masks,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vec2face_reference.npz"
@@ -139,6 +140,18 @@ def test_mask_ratios_of_a_batch_equal_the_published_draws_per_seed(vec2face):
     assert [draws.next()[2], draws.next()[2]] == batch[0, :2].tolist()
     with pytest.raises(RuntimeError, match="2 forward passes"):
         draws.next()
+
+
+def test_masks_of_a_batch_equal_each_image_drawn_alone(vec2face):
+    seeds = list(range(500, 800))
+    batch = vec2face.draws(seeds, passes=2)
+    alone = vec2face.draws(seeds, passes=2)
+    for _ in range(2):  # two forward passes: each image's streams go on where they were
+        drop, masked, rates = next_masks(batch)
+        for row, draws in enumerate(alone):
+            d, m, r = draws.next()
+            assert torch.equal(drop[row], d) and torch.equal(masked[row], m) and rates[row] == r
+    assert len({tuple(m.tolist()) for m in masked}) == len(seeds)  # every image its own mask
 
 
 def test_mask_ratio_options_bound_the_draws(vec2face_dir):
