@@ -191,12 +191,14 @@ def time_vec2face_run(out: Path, units: list[int] | None = None) -> dict[str, An
     generator.generate = recorded
     watch = Stopwatch(generator.model)
     try:
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
         run_units(out, units, progress=False)
         middle, cpu = time.perf_counter(), time.thread_time() - cpu
         markers = [layout.read_json(layout.unit_done_marker(out, u)) for u in units]
+        finalize_cpu = time.thread_time()
         stats = finalize(out) if len(units) == worker.plan.num_units else None
         end = time.perf_counter() if stats is not None else middle
+        finalize_cpu, process = time.thread_time() - finalize_cpu, time.process_time() - process
     finally:
         watch.close()
         del generator.generate
@@ -206,6 +208,8 @@ def time_vec2face_run(out: Path, units: list[int] | None = None) -> dict[str, An
         "finalize_seconds": end - middle,
         "model_seconds": watch.seconds,
         "units_cpu_seconds": cpu,  # of this (the main) thread: what other programs' load does not inflate
+        "finalize_cpu_seconds": finalize_cpu,
+        "process_cpu_seconds": process,  # all threads (filter / encoder, writer), units and finalize
         "model_cpu_seconds": watch.cpu_seconds,
         "generate_seconds": generate_seconds,
         "encode_seconds": sum(m["timings"]["encode"] for m in markers),
@@ -224,23 +228,29 @@ def bare_masks(generator: Any, batches: list[tuple[np.ndarray, list[int]]]) -> l
     return inputs
 
 
-def time_vec2face_bare(model: torch.nn.Module, inputs: list[tuple]) -> tuple[float, list[np.ndarray]]:
-    """Images/s of a bare loop over facesynth's model calls: forward, uint8 as published, PIL.
+def time_vec2face_bare(model: torch.nn.Module, inputs: list[tuple]) -> tuple[dict[str, float], list]:
+    """Wall, thread and process CPU seconds of a bare loop over facesynth's model calls: forward,
+    uint8 as published, PIL; and the first batch's pixels, to check both sides did the same work.
 
     The masks are drawn before the clock starts, so facesynth's per-image draws count as its own
-    overhead. Returns the first batch's pixels too, to check that both sides did the same work.
+    overhead.
     """
     from PIL import Image
 
     first = []
-    start = time.perf_counter()
+    start, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     with torch.inference_mode():
         for x, drop, masked in inputs:
             out = model(x, drop, masked)
             pixels = ((out + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
             images = [Image.fromarray(a) for a in pixels]
             first = first or [np.asarray(im) for im in images]
-    return sum(len(x) for x, _, _ in inputs) / (time.perf_counter() - start), first
+    seconds = {
+        "wall": time.perf_counter() - start,
+        "cpu": time.thread_time() - cpu,
+        "process": time.process_time() - process,
+    }
+    return seconds, first
 
 
 def vec2face_ratio(label: str, config: Any, tmp: Path, centres: Path, args: argparse.Namespace) -> dict:
@@ -250,7 +260,7 @@ def vec2face_ratio(label: str, config: Any, tmp: Path, centres: Path, args: argp
     folder = tmp / label
     build_random_vec2face(folder, config)
     recipe = vec2face_recipe(folder, centres, tmp / f"out-{label}", args.images, args.batch)
-    samples: dict[str, list[float]] = {"bare": [], "run": [], "overhead_ms": [], "overhead_cpu_ms": []}
+    samples: dict[str, list[float]] = {}
     same_work = None
     for round_ in range(args.rounds + 1):  # round 0 warms up (and records the run's batches)
         out, worker = prepared_worker(recipe)
@@ -258,7 +268,7 @@ def vec2face_ratio(label: str, config: Any, tmp: Path, centres: Path, args: argp
         generator = worker.generator
         if same_work is None:
             inputs = bare_masks(generator, run["batches"])
-            bare, pixels = time_vec2face_bare(generator.model, inputs[:1])
+            _, pixels = time_vec2face_bare(generator.model, inputs[:1])
             vectors, seeds = run["batches"][0]
             ours = [np.asarray(im) for im in generator.generate(vectors, seeds)]
             same_work = all(np.array_equal(a, b) for a, b in zip(pixels, ours, strict=True))
@@ -266,29 +276,29 @@ def vec2face_ratio(label: str, config: Any, tmp: Path, centres: Path, args: argp
                 raise RuntimeError("the bare loop's images differ from facesynth's: not the same model calls")
         bare, _ = time_vec2face_bare(generator.model, inputs)
         if round_:
+            n = run["images"]
             wall = run["units_seconds"] + run["finalize_seconds"]
-            samples["bare"].append(bare)
-            samples["run"].append(run["images"] / wall)
-            samples["overhead_ms"].append((wall - run["model_seconds"]) / run["images"] * 1000)
-            main_cpu = run["units_cpu_seconds"] - run["model_cpu_seconds"]  # finalize not included
-            samples["overhead_cpu_ms"].append(main_cpu / run["images"] * 1000)
+            main_cpu = run["units_cpu_seconds"] + run["finalize_cpu_seconds"]
+            for key, value in {
+                "bare_wall": n / bare["wall"],
+                "run_wall": n / wall,
+                "ratio_wall": bare["wall"] / wall,
+                # images per CPU-second of the thread that drives the model (load hardly changes it)
+                "ratio_main_thread_cpu": bare["cpu"] / main_cpu,
+                # images per CPU-second of the whole process, encoder and writer threads included
+                "ratio_process_cpu": bare["process"] / run["process_cpu_seconds"],
+                "outside_forward_ms": (wall - run["model_seconds"]) / n * 1000,
+                "outside_forward_cpu_ms": (main_cpu - run["model_cpu_seconds"]) / n * 1000,
+            }.items():
+                samples.setdefault(key, []).append(value)
     shutil.rmtree(folder)
-    med = {key: statistics.median(values) for key, values in samples.items() if values}
     return {
         "model": label,
         "images": args.images,
         "batch": args.batch,
         "same_model_calls_checked": same_work,
-        "bare_images_per_s": round(med["bare"], 3),
-        "facesynth_run_images_per_s": round(med["run"], 3),
-        "ratio_run": round(med["run"] / med["bare"], 3),
-        "ratio_run_per_round": [
-            round(r / b, 3) for r, b in zip(samples["run"], samples["bare"], strict=True)
-        ],
-        "bare_per_round": [round(v, 3) for v in samples["bare"]],
-        "run_per_round": [round(v, 3) for v in samples["run"]],
-        "outside_forward_ms_per_image_per_round": [round(v, 2) for v in samples["overhead_ms"]],
-        "main_thread_cpu_ms_per_image_per_round": [round(v, 3) for v in samples["overhead_cpu_ms"]],
+        **{f"{key}_median": round(statistics.median(values), 3) for key, values in samples.items()},
+        "rounds": {key: [round(v, 3) for v in values] for key, values in samples.items()},
     }
 
 

@@ -845,9 +845,13 @@ def mask_ratio_distribution(options: Vec2FaceOptions) -> Any:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8, truncated as the published scripts do."""
-    # (x + 1) * 127.5 rounds exactly as (x + 1) / 2 * 255 (halving is exact); in place, one copy.
-    pixels = images.float().add(1).mul_(127.5).clamp_(0, 255).to(torch.uint8)
+    """[B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8, truncated as the published scripts do.
+
+    Overwrites ``images`` when they are float32 (the model's fresh output): in place, the
+    conversion is one pass cheaper. (x + 1) * 127.5 rounds exactly as (x + 1) / 2 * 255: halving is exact.
+    """
+    with torch.inference_mode():  # the model's output is an inference tensor: changed in place only here
+        pixels = images.float().add_(1).mul_(127.5).clamp_(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # contiguous: PIL copies it at once
 
 
