@@ -380,13 +380,23 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
     replay = tmp / "replay.pt"
     torch.save(replay_model(folder, 64).outputs, replay)
     n = args.overhead_images
-    single = vec2face_recipe(folder, centres, tmp / "out-overhead", n, args.overhead_batch)
+    # n and 2n images, alternating: the difference is the cost per image without the run's fixed
+    # costs (reading the recipe, the last batch's encoding and the last unit's write, ...)
+    sizes = {
+        k: vec2face_recipe(folder, centres, tmp / f"out-{k}", k, args.overhead_batch) for k in (n, 2 * n)
+    }
     rounds = []
     for _ in range(args.rounds + 1):  # the first warms up
-        out, _ = prepared_worker(single)
-        with_replay(out, str(replay))
-        rounds.append(overhead_run(out))
+        pair = {}
+        for k, recipe in sizes.items():
+            out, _ = prepared_worker(recipe)
+            with_replay(out, str(replay))
+            pair[k] = overhead_run(out)
+        rounds.append(pair)
     rounds = rounds[1:]
+    cpu = {k: [r[k]["main_thread_cpu_ms_per_image"] * k / 1000 for r in rounds] for k in (n, 2 * n)}
+    marginal = [(b - a) / n * 1000 for a, b in zip(cpu[n], cpu[2 * n], strict=True)]
+    fixed = [a - m * n / 1000 for a, m in zip(cpu[n], marginal, strict=True)]
     scaling = []
     for processes in args.processes:
         per_unit = n // 4 // 4  # 4 units per process
@@ -421,9 +431,12 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
     return {
         "images": n,
         "batch": args.overhead_batch,
-        "rounds": rounds,
-        "main_thread_ms_per_image": statistics.median(r["main_thread_ms_per_image"] for r in rounds),
-        "main_thread_cpu_ms_per_image": statistics.median(r["main_thread_cpu_ms_per_image"] for r in rounds),
+        "rounds": [{str(k): v for k, v in r.items()} for r in rounds],
+        "main_thread_cpu_ms_per_image": statistics.median(
+            r[n]["main_thread_cpu_ms_per_image"] for r in rounds
+        ),
+        "marginal_main_thread_cpu_ms_per_image": [round(m, 3) for m in marginal],
+        "fixed_main_thread_cpu_seconds_per_run": [round(f, 3) for f in fixed],
         "scaling": scaling,
     }
 
