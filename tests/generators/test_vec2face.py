@@ -21,6 +21,7 @@ from facesynth.generators.vec2face import (
     convert_to_safetensors,
     mask_ratios,
     next_masks,
+    to_uint8,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vec2face_reference.npz"
@@ -152,6 +153,12 @@ def test_masks_of_a_batch_equal_each_image_drawn_alone(vec2face):
             d, m, r = draws.next()
             assert torch.equal(drop[row], d) and torch.equal(masked[row], m) and rates[row] == r
     assert len({tuple(m.tolist()) for m in masked}) == len(seeds)  # every image its own mask
+
+
+def test_uint8_conversion_equals_the_published_expression():
+    x = torch.cat([torch.linspace(-1.2, 1.2, 100_003), torch.rand(200_000) * 2 - 1]).reshape(-1, 3, 1, 1)
+    published = ((x.permute(0, 2, 3, 1).numpy() + 1) / 2 * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(to_uint8(x.clone()), published)
 
 
 def test_mask_ratio_options_bound_the_draws(vec2face_dir):
