@@ -19,6 +19,9 @@ from facesynth.generators.vec2face import (
     Vec2FaceModel,
     build_random_vec2face,
     convert_to_safetensors,
+    mask_ratios,
+    next_masks,
+    to_uint8,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vec2face_reference.npz"
@@ -92,7 +95,7 @@ def test_matches_the_published_code(vec2face, raw_vectors):
     vectors = ref["vectors"]
     seeds = [int(s) for s in ref["seeds"]]
     for k, seed in enumerate(seeds):
-        drop, masked, rate = vec2face.draws(seed).next()
+        drop, masked, rate = vec2face.draws([seed])[0].next()
         assert rate == ref["ratios"][k]
         assert np.array_equal(masked.numpy(), ref["masks"][k])
         assert int(drop.sum()) == 5 and bool((masked | ~drop).all())  # ceil(49 * 0.1) dropped, all masked
@@ -126,9 +129,41 @@ def test_different_vectors_and_seeds_give_different_images(vec2face, raw_vectors
     assert any(np.abs(other_seeds[0] - x).mean() > 0 for x in other_seeds[1:])  # the mask changes the image
 
 
+def test_mask_ratios_of_a_batch_equal_the_published_draws_per_seed(vec2face):
+    """One vectorised draw for a batch gives, bit for bit, each seed's ``truncnorm.rvs(1)`` after ``np.random.seed``."""
+    seeds = [0, 1, 7, 2**32 + 5, 2**63 - 1, *range(1000, 1300)]
+    batch = mask_ratios(vec2face.ratio, seeds, passes=3)
+    for row, seed in enumerate(seeds):
+        np.random.seed(seed % 2**32)  # what the published script does before a forward pass
+        expected = [vec2face.ratio.rvs(1)[0] for _ in range(3)]
+        assert batch[row].tolist() == expected
+    (draws,) = vec2face.draws([seeds[0]], passes=2)
+    assert [draws.next()[2], draws.next()[2]] == batch[0, :2].tolist()
+    with pytest.raises(RuntimeError, match="2 forward passes"):
+        draws.next()
+
+
+def test_masks_of_a_batch_equal_each_image_drawn_alone(vec2face):
+    seeds = list(range(500, 800))
+    batch = vec2face.draws(seeds, passes=2)
+    alone = vec2face.draws(seeds, passes=2)
+    for _ in range(2):  # two forward passes: each image's streams go on where they were
+        drop, masked, rates = next_masks(batch)
+        for row, draws in enumerate(alone):
+            d, m, r = draws.next()
+            assert torch.equal(drop[row], d) and torch.equal(masked[row], m) and rates[row] == r
+    assert len({tuple(m.tolist()) for m in masked}) == len(seeds)  # every image its own mask
+
+
+def test_uint8_conversion_equals_the_published_expression():
+    x = torch.cat([torch.linspace(-1.2, 1.2, 100_003), torch.rand(200_000) * 2 - 1]).reshape(-1, 3, 1, 1)
+    published = ((x.permute(0, 2, 3, 1).numpy() + 1) / 2 * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(to_uint8(x.clone()), published)
+
+
 def test_mask_ratio_options_bound_the_draws(vec2face_dir):
     gen = load_generator("vec2face", model=str(vec2face_dir), device="cpu", mask_ratio_max=0.5)
-    rates = [gen.draws(s).next()[2] for s in range(200)]
+    rates = [d.next()[2] for d in gen.draws(range(200))]
     assert min(rates) >= 0.1 and max(rates) <= 0.5
     with pytest.raises(UserInputError, match="mask_ratio_min"):
         load_generator("vec2face", model=str(vec2face_dir), mask_ratio_min=0.6, mask_ratio_max=0.5)
