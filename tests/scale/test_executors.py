@@ -267,9 +267,9 @@ def test_failed_unit_is_marked_for_info_and_unmarked_when_it_succeeds(
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    # Units overlap: unit 2 may have finished before unit 1 failed, so only the failed count is fixed.
-    assert info["units_failed"] == 1 and info["units_done"] >= 1
-    assert info["units_done"] + info["units_pending"] == 2
+    # Units overlap: unit 2 may have finished before unit 1 failed. A failed unit is also pending.
+    assert info["units_failed"] == 1 and info["units_done"] in (1, 2)
+    assert info["units_done"] + info["units_pending"] == 3
 
     flag.unlink()
     stats = facesynth.run(data, out=out, progress=False)  # the rerun resumes at the failed unit
