@@ -496,6 +496,8 @@ def train(
             with accelerator.autocast():
                 loss = head(model(x), y, generator)
             accelerator.backward(loss)
+            if accelerator.scaler is not None and world > 1:
+                share_head_overflow_(list(head.parameters()))
             if recipe.optim.clip_grad_norm or recipe.optim.clip_head_grad_norm:
                 accelerator.unscale_gradients()  # once per step (a second unscale_ is an error in fp16)
             if recipe.optim.clip_grad_norm:
@@ -547,6 +549,22 @@ def train(
         export_onnx(net, out / ONNX, recipe.model.input_size)
     accelerator.end_training()
     return last
+
+
+def share_head_overflow_(params: list[torch.nn.Parameter]) -> None:
+    """Make an fp16 overflow in any process's head slice an overflow in every process's (call before unscale).
+
+    The loss scaler checks the gradients its own process holds. The backbone's are all-reduced, so
+    the same everywhere, but each process holds only its slice of the head: without this, one process
+    would skip a step that the others take, and the backbone replicas would silently drift apart.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    device = grads[0].device if grads else torch.device("cpu")
+    local = any(not bool(torch.isfinite(g).all()) for g in grads)
+    overflow = torch.tensor([float(local)], device=device)
+    torch.distributed.all_reduce(overflow, op=torch.distributed.ReduceOp.MAX)
+    if overflow.item() and grads:
+        grads[0].view(-1)[0] = float("inf")  # the scaler then skips this step here too
 
 
 def clip_sharded_grad_norm_(params: list[torch.nn.Parameter], max_norm: float, world: int) -> None:

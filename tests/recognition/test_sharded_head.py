@@ -120,3 +120,40 @@ def test_sharded_head_equals_arcface_torch_partial_fc_v2(two_ranks) -> None:
         # so gradients are comparable for CosFace only.
         assert close(got["cosface/weight"], expected[f"cosface_weight_grad{rank}"])
         assert close(got["cosface/x"], expected[f"cosface_x_grad{rank}"])
+
+
+def _overflow_worker(rank: int, port: int, out: str) -> None:
+    from facesynth.recognition.train import share_head_overflow_
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    results = {}
+    for shared in (False, True):
+        backbone = torch.nn.Parameter(torch.ones(4))
+        head = torch.nn.Parameter(torch.full((3, 4), 0.5 + rank))  # this process's slice of the centres
+        optimizer = torch.optim.SGD([backbone, head], lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        scaler.scale((head @ backbone).sum()).backward()
+        torch.distributed.all_reduce(backbone.grad)  # what DDP does: the backbone's gradient is shared
+        if rank == 1:
+            head.grad[0, 0] = float("inf")  # an fp16 overflow in rank 1's slice only
+        if shared:
+            share_head_overflow_([head])
+        scaler.step(optimizer)
+        scaler.update()
+        results[shared] = {"backbone": backbone.detach().clone(), "scale": torch.tensor(scaler.get_scale())}
+    torch.save(results, Path(out) / f"overflow{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_an_overflow_in_one_head_slice_skips_the_step_in_every_process(tmp_path) -> None:
+    mp.start_processes(_overflow_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="fork")
+    ranks = [torch.load(tmp_path / f"overflow{r}.pt", weights_only=True) for r in range(WORLD)]
+    # Without sharing, rank 0 steps and rank 1 skips: the backbone replicas part ways.
+    assert not torch.equal(ranks[0][False]["backbone"], ranks[1][False]["backbone"])
+    # Shared: both skip (backbone untouched) and both lower the loss scale alike.
+    for rank in ranks:
+        assert torch.equal(rank[True]["backbone"], torch.ones(4))
+        assert float(rank[True]["scale"]) == 2.0**9
