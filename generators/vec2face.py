@@ -610,6 +610,12 @@ def load_iresnet(path: Path, config: Vec2FaceConfig) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def estimators_folder(model: str, options: AttrOPOptions) -> Path:
+    """The folder of AttrOP's ArcFace and MagFace estimators (by default the generator's own repo)."""
+    source = options.estimators or model
+    return resolve_checkpoint(source, options.revision, ESTIMATORS_LAYOUT, "generator.attrop.estimators")
+
+
 class AttrOP:
     """Vec2Face's attribute optimisation, per row: each row has its own Adam state, draws and cap.
 
@@ -625,10 +631,7 @@ class AttrOP:
 
     def __init__(self, generator: Vec2FaceGenerator, options: AttrOPOptions) -> None:
         self.generator, self.options = generator, options
-        source = options.estimators or generator.options.model
-        self.folder = resolve_checkpoint(
-            source, options.revision, ESTIMATORS_LAYOUT, "generator.attrop.estimators"
-        )
+        self.folder = estimators_folder(generator.options.model, options)
         config = generator.model.config
         self.arcface = load_iresnet(self.folder / ARCFACE_PTH, config).to(generator.device)
         self.magface = load_iresnet(self.folder / MAGFACE_PTH, config).to(generator.device)
@@ -738,6 +741,8 @@ class Vec2FaceGenerator:
     @classmethod
     def check_weights(cls, options: Vec2FaceOptions) -> None:
         resolve_checkpoint(options.model, options.revision, VEC2FACE_LAYOUT, "generator.model")
+        if options.attrop is not None:
+            estimators_folder(options.model, options.attrop)
 
     def __init__(self, options: Vec2FaceOptions) -> None:
         self.options = options

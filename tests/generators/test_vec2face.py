@@ -211,6 +211,16 @@ def test_missing_and_mismatched_weights_are_named(tmp_path, vec2face_dir):
         load_generator("vec2face", model=str(folder), device="cpu")
 
 
+def test_weight_check_covers_the_attrop_estimators(vec2face_dir):
+    from facesynth.generators import GENERATORS
+
+    options = GENERATORS.parse_options("vec2face", {"model": str(vec2face_dir)})
+    GENERATORS.get("vec2face").check_weights(options)  # the generator alone is there
+    options = GENERATORS.parse_options("vec2face", {"model": str(vec2face_dir), "attrop": {}})
+    with pytest.raises(ModelNotFoundError, match="generator.attrop.estimators"):
+        GENERATORS.get("vec2face").check_weights(options)
+
+
 def test_offline_hub_repo_names_the_download_command(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
