@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from processes import run_processes
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
 
@@ -113,12 +114,15 @@ def time_run(size: int, steps: int, guidance: float, batch: int, images: int, ba
         return stats["images_generated"] / (time.perf_counter() - start)
 
 
-def vec2face_recipe(folder: Path, centres: Path, out: Path, images: int, batch: int, **output: Any) -> Path:
+def vec2face_recipe(
+    folder: Path, centres: Path, out: Path, images: int, batch: int, encode_processes: int = 0, **output: Any
+) -> Path:
     """The HSFace recipe, small: 4 images per identity, no AttrOP, filters off, random weights."""
     import yaml
 
     data = yaml.safe_load((RECIPE.parent / "vec2face-hsface10k.yaml").read_text())
     data["output"].update(dir=str(out), **output)
+    data.setdefault("writer", {})["encode_processes"] = encode_processes
     data["identities"].update(count=max(1, images // 4), gallery=None)
     data["identities"]["sampler"].update(reference=str(centres), components=256)
     data["generator"].update(model=str(folder), batch_size=batch, device="cpu", batch_invariant=False)
@@ -377,9 +381,8 @@ def _overhead_process(out: str, replay: str, units: list[int], barrier: Any, res
 
 
 def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Non-model work per image with the replay model: one process (rounds), then 1, 2, 4 processes."""
-    import multiprocessing as mp
-
+    """Non-model work per image with the replay model: one process (rounds) for each number of encoder
+    processes, then 1, 2, 4 worker processes (with the last number of encoder processes each)."""
     from facesynth.generators.vec2face import build_random_vec2face
 
     folder = tmp / "tiny-replay"
@@ -387,47 +390,55 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
     replay = tmp / "replay.pt"
     torch.save(replay_model(folder, 64).outputs, replay)
     n = args.overhead_images
-    # n and 2n images, alternating: the difference is the cost per image without the run's fixed
-    # costs (reading the recipe, the last batch's encoding and the last unit's write, ...)
-    sizes = {
-        k: vec2face_recipe(folder, centres, tmp / f"out-{k}", k, args.overhead_batch) for k in (n, 2 * n)
-    }
-    rounds = []
-    for _ in range(args.rounds + 1):  # the first warms up
-        pair = {}
-        for k, recipe in sizes.items():
-            out, _ = prepared_worker(recipe)
-            with_replay(out, str(replay))
-            pair[k] = overhead_run(out)
-        rounds.append(pair)
-    rounds = rounds[1:]
-    cpu = {k: [r[k]["main_thread_cpu_ms_per_image"] * k / 1000 for r in rounds] for k in (n, 2 * n)}
-    marginal = [(b - a) / n * 1000 for a, b in zip(cpu[n], cpu[2 * n], strict=True)]
-    fixed = [a - m * n / 1000 for a, m in zip(cpu[n], marginal, strict=True)]
+    one_process = []
+    for encoders in args.encode_processes:
+        # n and 2n images, alternating: the difference is the cost per image without the run's fixed
+        # costs (reading the recipe, the last batch's encoding and the last unit's write, ...)
+        sizes = {
+            k: vec2face_recipe(folder, centres, tmp / f"out-{k}", k, args.overhead_batch, encoders)
+            for k in (n, 2 * n)
+        }
+        rounds = []
+        for _ in range(args.rounds + 1):  # the first warms up
+            pair = {}
+            for k, recipe in sizes.items():
+                out, _ = prepared_worker(recipe)
+                with_replay(out, str(replay))
+                pair[k] = overhead_run(out)
+            rounds.append(pair)
+        rounds = rounds[1:]
+        cpu = {k: [r[k]["main_thread_cpu_ms_per_image"] * k / 1000 for r in rounds] for k in (n, 2 * n)}
+        marginal = [(b - a) / n * 1000 for a, b in zip(cpu[n], cpu[2 * n], strict=True)]
+        fixed = [a - m * n / 1000 for a, m in zip(cpu[n], marginal, strict=True)]
+        one_process.append(
+            {
+                "encode_processes": encoders,
+                "main_thread_ms_per_image": statistics.median(
+                    r[n]["main_thread_ms_per_image"] for r in rounds
+                ),
+                "main_thread_cpu_ms_per_image": statistics.median(
+                    r[n]["main_thread_cpu_ms_per_image"] for r in rounds
+                ),
+                "marginal_main_thread_cpu_ms_per_image": [round(m, 3) for m in marginal],
+                "fixed_main_thread_cpu_seconds_per_run": [round(f, 3) for f in fixed],
+                "rounds": [{str(k): v for k, v in r.items()} for r in rounds],
+            }
+        )
     scaling = []
     for processes in args.processes:
         per_unit = n // 4 // 4  # 4 units per process
         recipe = vec2face_recipe(
             folder, centres, tmp / f"out-p{processes}", n * processes, args.overhead_batch,
-            identities_per_unit=per_unit,
+            args.encode_processes[-1], identities_per_unit=per_unit,
         )  # fmt: skip
         out, _ = prepared_worker(recipe)
-        ctx = mp.get_context("spawn")
-        barrier, results = ctx.Barrier(processes), ctx.Queue()
         units = [list(range(p, 4 * processes, processes)) for p in range(processes)]
-        procs = [
-            ctx.Process(target=_overhead_process, args=(str(out), str(replay), units[p], barrier, results))
-            for p in range(processes)
-        ]
-        for proc in procs:
-            proc.start()
-        reports = [results.get() for _ in procs]
-        for proc in procs:
-            proc.join()
+        reports = run_processes(_overhead_process, [(str(out), str(replay), u) for u in units])
         wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
         scaling.append(
             {
                 "processes": processes,
+                "encode_processes_each": args.encode_processes[-1],
                 "images": sum(r["images"] for r in reports),
                 "images_per_s_all": round(sum(r["images"] for r in reports) / wall, 1),
                 "main_thread_ms_per_image_each": [r["main_thread_ms_per_image"] for r in reports],
@@ -435,17 +446,7 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
                 "encode_ms_per_image_each": [r["encode_ms_per_image_filter_thread"] for r in reports],
             }
         )
-    return {
-        "images": n,
-        "batch": args.overhead_batch,
-        "rounds": [{str(k): v for k, v in r.items()} for r in rounds],
-        "main_thread_cpu_ms_per_image": statistics.median(
-            r[n]["main_thread_cpu_ms_per_image"] for r in rounds
-        ),
-        "marginal_main_thread_cpu_ms_per_image": [round(m, 3) for m in marginal],
-        "fixed_main_thread_cpu_seconds_per_run": [round(f, 3) for f in fixed],
-        "scaling": scaling,
-    }
+    return {"images": n, "batch": args.overhead_batch, "one_process": one_process, "scaling": scaling}
 
 
 def vec2face_main(args: argparse.Namespace) -> None:
@@ -489,6 +490,9 @@ def main() -> None:
     parser.add_argument("--overhead-batch", type=int, default=256, help="--vec2face: the recipe's batch")
     parser.add_argument(
         "--processes", type=int, nargs="*", default=[1, 2, 4], help="--vec2face: overhead scaling"
+    )
+    parser.add_argument(
+        "--encode-processes", type=int, nargs="+", default=[0, 1], help="--vec2face: writer.encode_processes"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

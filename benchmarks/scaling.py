@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from processes import run_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
@@ -59,19 +60,7 @@ def measure(
         ],
     )
     prepare(recipe, out, progress=False)
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(processes), ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker, args=(str(out), list(range(p, total, processes)), barrier, results))
-        for p in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    reports = [results.get() for _ in procs]
-    for proc in procs:
-        proc.join()
-        if proc.exitcode != 0:
-            raise RuntimeError(f"worker exited with {proc.exitcode}")
+    reports = run_processes(_worker, [(str(out), list(range(p, total, processes))) for p in range(processes)])
     done = sum(r[0] for r in reports)
     elapsed = max(r[2] for r in reports) - min(r[1] for r in reports)
     return done / elapsed, sum(r[3] for r in reports) / len(reports)

@@ -78,8 +78,10 @@ class UnitFiltering:
 
         The filters see all of one identity's candidates of one round at once, in attempt order,
         identities in order: every decision and score depends on the recipe and on the identity's
-        history only, never on the generator's batch size.
+        history only, never on the generator's batch size. The accepted images of the batch are
+        encoded together (in the encoder processes, when there are some).
         """
+        accepted: list[Candidate] = []
         for c in batch:
             if self.waiting and self.waiting[0].identity != c.identity:
                 raise RuntimeError(
@@ -89,17 +91,19 @@ class UnitFiltering:
             self.expected[c.identity] -= 1
             if self.expected[c.identity] == 0:
                 group, self.waiting = self.waiting, []
-                self._filter(group)
+                accepted += self._filter(group)
+        t0 = time.perf_counter()
+        for c, row in zip(accepted, self.worker.rows(accepted), strict=True):
+            self.rows[c.identity].append(row)
+        self.encode_seconds += time.perf_counter() - t0
 
-    def _filter(self, group: list[Candidate]) -> None:
+    def _filter(self, group: list[Candidate]) -> list[Candidate]:
+        """Filter one identity's round group, keep the rejected rows; returns the accepted candidates."""
         t0 = time.perf_counter()
         apply_filters(self.worker.filters, group, self.context)
-        t1 = time.perf_counter()
+        self.filter_seconds += time.perf_counter() - t0
         for c in group:
-            if c.accepted:
-                self.rows[c.identity].append(self.worker.row(c))
-            else:
+            if not c.accepted:
                 self.rejected_by[c.rejected_by or "?"] += 1
                 self.rejected.append(self.worker.rejected_row(c))
-        self.filter_seconds += t1 - t0
-        self.encode_seconds += time.perf_counter() - t1
+        return [c for c in group if c.accepted]

@@ -34,6 +34,7 @@ EXECUTION_KEYS = (
     ("generator", "batch_size"),
     ("generator", "device"),
     ("identities", "device"),  # the bank's screens are exact on every device
+    ("writer", "encode_processes"),  # the bytes are the same wherever they are encoded
 )
 # Options of a component that name another component (``{name: ..., <options>}`` or a bare name).
 _NESTED = ("detector", "embedder", "sampler")

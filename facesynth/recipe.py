@@ -78,6 +78,11 @@ class WriterOptions(StrictOptions):
         "aligned", description="store the aligned face crop (when a face filter ran) or the full image"
     )
     row_group_mb: float = Field(64, gt=0, le=100)
+    encode_processes: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="processes that encode images (0: the filter thread does); auto: 0 when the generator "
+        "runs on CPU, 2 on a GPU, where the encoding would otherwise slow the thread that drives the model",
+    )
 
 
 class Recipe(StrictOptions):

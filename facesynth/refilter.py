@@ -154,10 +154,13 @@ def filter_dataset(
     minimum = recipe.variations.min_images_per_identity if "variations" in recipe.model_fields_set else 1
     units = identities = 0
     with tqdm(unit="img", desc="filtering", disable=not progress, dynamic_ncols=True) as bar:
-        for unit, groups in enumerate(_chunks(_groups(source), per_unit)):
-            units, identities = unit + 1, identities + len(groups)
-            if not layout.unit_done_marker(out, unit).exists():
-                bar.update(_filter_unit(worker, unit, groups, minimum or 1, batch_size))
+        try:
+            for unit, groups in enumerate(_chunks(_groups(source), per_unit)):
+                units, identities = unit + 1, identities + len(groups)
+                if not layout.unit_done_marker(out, unit).exists():
+                    bar.update(_filter_unit(worker, unit, groups, minimum or 1, batch_size))
+        finally:
+            worker.encoder.close()
     if units == 0:
         raise UserInputError(f"no identities found in {source}")
     layout.atomic_write_json(out / layout.RUN, {**run, "num_units": units, "num_identities": identities})

@@ -142,4 +142,7 @@ def run_units(out: Path, units: Iterable[int], progress: bool = True, device: st
             layout.atomic_write_json(unit_failed_marker(out, unit), {"unit": unit, **error})
 
     with bar:
-        run_units_overlapped(worker, units, on_round, on_unit, on_failure)
+        try:
+            run_units_overlapped(worker, units, on_round, on_unit, on_failure)
+        finally:
+            worker.encoder.close()  # the encoder processes, if any, until the next run_units

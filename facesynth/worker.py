@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from facesynth.encoding import EXTENSIONS, ImageEncoder
 from facesynth.filtering import score_columns
 from facesynth.interfaces import BankConditionedGenerator, Candidate, Filter, Generator, RefinesIdentities
 from facesynth.recipe import Recipe
 from facesynth.rounds import UnitPlan
 from facesynth.schema import dataset_features, rejected_features
 from facesynth.seeds import identity_seed, image_prompt, image_seed
-from facesynth.writer import EXTENSIONS, encode_image
 
 
 @dataclass
@@ -44,6 +44,16 @@ class Worker:
         self.refined: dict[int, dict[str, float]] | None = {} if refines else None
         if refines:
             self.bank_vectors = np.array(self.bank_vectors, dtype=np.float32)
+        out = self.recipe.output
+        self.encoder = ImageEncoder(out.image_format, out.quality, self.encode_processes())
+
+    def encode_processes(self) -> int:
+        """The recipe's ``writer.encode_processes``, with ``auto`` resolved for this generator's device."""
+        setting = self.recipe.writer.encode_processes
+        if setting != "auto":
+            return setting
+        device = self.generator.describe().get("device") if self.generator is not None else None
+        return 2 if str(device).startswith("cuda") else 0
 
     def refine(self, identities: np.ndarray) -> None:
         """Let the generator refine, once each, the bank vectors of ``identities`` (seeded per identity)."""
@@ -92,26 +102,35 @@ class Worker:
             for candidate, scores in zip(candidates, self.generator.image_scores(), strict=True):
                 candidate.scores.update(scores)
 
-    def row(self, c: Candidate) -> dict[str, Any]:
-        """The dataset row of an accepted candidate (label is assigned at finalize)."""
+    def rows(self, accepted: Sequence[Candidate]) -> list[dict[str, Any]]:
+        """The dataset rows of accepted candidates (labels are assigned at finalize), encoded together."""
         out = self.recipe.output
-        use_crop = self.recipe.writer.store == "aligned" and c.face is not None and c.face.aligned is not None
+        encoded = self.encoder.encode([self.stored_image(c) for c in accepted])
+        rows = []
+        for c, data in zip(accepted, encoded, strict=True):
+            stem = c.source.rsplit(".", 1)[0] if c.source else f"{c.identity:07d}_{c.attempt:04d}"
+            row = {
+                # re-encoded: the name says the new format
+                "image": {"bytes": data, "path": f"{stem}.{EXTENSIONS[out.image_format]}"},
+                "label": -1,
+                "identity": c.identity,
+                "attempt": c.attempt,
+                "seed": c.seed,
+                "prompt": c.prompt,
+                "variation_cosine": c.variation_cosine,
+            }
+            row.update({col: c.scores.get(col, float("nan")) for col in self.columns})
+            rows.append(row)
+        return rows
+
+    def stored_image(self, c: Candidate) -> Any:
+        """What a row stores: the aligned face crop (``writer.store: aligned``, when a face filter made one)
+        or the generated image."""
         from PIL import Image
 
-        image = Image.fromarray(c.face.aligned) if use_crop else c.image  # type: ignore[union-attr]
-        stem = c.source.rsplit(".", 1)[0] if c.source else f"{c.identity:07d}_{c.attempt:04d}"
-        name = f"{stem}.{EXTENSIONS[out.image_format]}"  # re-encoded: the name says the new format
-        row = {
-            "image": {"bytes": encode_image(image, out.image_format, out.quality), "path": name},
-            "label": -1,
-            "identity": c.identity,
-            "attempt": c.attempt,
-            "seed": c.seed,
-            "prompt": c.prompt,
-            "variation_cosine": c.variation_cosine,
-        }
-        row.update({col: c.scores.get(col, float("nan")) for col in self.columns})
-        return row
+        if self.recipe.writer.store == "aligned" and c.face is not None and c.face.aligned is not None:
+            return Image.fromarray(c.face.aligned)
+        return c.image
 
     def rejected_row(self, c: Candidate) -> dict[str, Any]:
         row = {

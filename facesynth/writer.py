@@ -9,7 +9,6 @@ uncompressed with PLAIN encoding; every other column is snappy-compressed.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,20 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features, Image
-from PIL import Image as PILImage
 
 from facesynth.errors import FacesynthError
 from facesynth.layout import temporary_name
-
-PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-
-
-def encode_image(image: PILImage.Image, image_format: str, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    kwargs: dict[str, Any] = {"quality": quality} if image_format in ("jpeg", "webp") else {}
-    image.convert("RGB").save(buffer, format=PIL_FORMATS[image_format], **kwargs)
-    return buffer.getvalue()
 
 
 def _write_options(features: Features) -> dict[str, Any]:

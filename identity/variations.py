@@ -23,9 +23,10 @@ _GAUSSIAN_SALT = 0x676175  # "gau"
 
 
 def _rngs(seed: int, identities: np.ndarray, attempts: np.ndarray, salt: int) -> list[np.random.Generator]:
+    # default_rng(entropy)'s generator, built without its argument checks (a third of its cost)
     return [
-        np.random.default_rng([int(seed), int(i), int(a), salt])
-        for i, a in zip(identities, attempts, strict=True)
+        np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(i), int(a), salt])))
+        for i, a in zip(identities.tolist(), attempts.tolist(), strict=True)
     ]
 
 
@@ -157,6 +158,8 @@ class GaussianVariation:
         self.options = options
         self.sigmas = np.asarray(options.sigmas, dtype=np.float64)
         self.weights = np.asarray(options.weights, dtype=np.float64) / sum(options.weights)
+        self.cdf = self.weights.cumsum()
+        self.cdf /= self.cdf[-1]  # as numpy's Generator.choice normalises it
 
     def apply(
         self, bank_vectors: np.ndarray, identities: np.ndarray, attempts: np.ndarray, seed: int
@@ -167,10 +170,13 @@ class GaussianVariation:
             return base.astype(np.float32), np.empty(0, dtype=np.float32)
         dim = base.shape[1]
         norms = np.linalg.norm(base, axis=1, keepdims=True)
-        out = np.empty_like(base)
+        picks, noise = np.empty(len(base)), np.empty_like(base)
         for row, rng in enumerate(_rngs(seed, identities, attempts, _GAUSSIAN_SALT)):
-            sigma = self.sigmas[rng.choice(len(self.sigmas), p=self.weights)]
-            noisy = base[row] + rng.standard_normal(dim) * sigma * norms[row, 0] / np.sqrt(dim)
-            out[row] = noisy * (norms[row, 0] / np.linalg.norm(noisy))
+            picks[row] = rng.random()  # what rng.choice(len(sigmas), p=weights) draws (one double)
+            noise[row] = rng.standard_normal(dim)
+        sigma = self.sigmas[self.cdf.searchsorted(picks, side="right")]  # and how choice inverts it
+        noisy = base + noise * sigma[:, None] * norms / np.sqrt(dim)
+        # Each row's norm as np.linalg.norm of the row (a dot product) computes it: bit for bit.
+        out = noisy * (norms[:, 0] / np.sqrt([row @ row for row in noisy]))[:, None]
         vectors = out.astype(np.float32)
         return vectors, _cosine(vectors, base).astype(np.float32)

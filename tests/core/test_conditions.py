@@ -13,9 +13,9 @@ from smoke import SMALL, SMOKE
 import facesynth
 from facesynth import layout
 from facesynth.cli import main
+from facesynth.encoding import encode_image
 from facesynth.errors import UserInputError
 from facesynth.finalize import finalize
-from facesynth.writer import encode_image
 
 
 def test_units_record_conditions_and_regenerate_checks_them(small_units: Path, tmp_path: Path) -> None:

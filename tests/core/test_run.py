@@ -19,7 +19,7 @@ from smoke import SETS, SMOKE
 import facesynth
 from facesynth import layout, schema
 from facesynth.cli import main
-from facesynth.writer import encode_image
+from facesynth.encoding import encode_image
 
 
 def test_smoke_dataset_loads_with_datasets(smoke_run: tuple[Path, dict]) -> None:
@@ -74,17 +74,34 @@ def test_rerun_on_finished_output_is_a_no_op_and_other_recipe_is_refused(
     assert info["columns"][:3] == ["image", "label", "identity"] and "quality_blur" in info["columns"]
 
 
-def _start_and_stop_after(cmd: list[str], out: Path, units_done: int, sig: int) -> subprocess.Popen:
-    """Start a run and send ``sig`` once ``units_done`` units are finished."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _start_and_stop_after(
+    cmd: list[str], out: Path, units_done: int, sig: int, group: bool = False
+) -> subprocess.Popen:
+    """Start a run and send ``sig`` once ``units_done`` units are finished; with ``group``, to the run
+    and every process it started, as a terminal's Ctrl-C does."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=group
+    )
     deadline = time.monotonic() + 180
     while len(list((out / layout.UNITS).glob("unit-*[0-9].json"))) < units_done:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    os.kill(proc.pid, sig)
+    (os.killpg if group else os.kill)(proc.pid, sig)
     proc.wait(timeout=60)
     return proc
+
+
+def _alive(group: int) -> bool:
+    """Whether a process of process group ``group`` still runs (zombies left to init do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):  # it ended while we looked
+            continue
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
 
 
 @pytest.mark.slow
@@ -94,9 +111,15 @@ def test_ctrl_c_then_sigkill_then_rerun_equals_uninterrupted(
     out = tmp_path / "killed"
     args = ["run", str(SMOKE), "--out", str(out), *SETS, "--no-progress"]
     cmd = [sys.executable, "-m", "facesynth.cli", *args]
-    interrupted = _start_and_stop_after(cmd, out, 1, signal.SIGINT)
+    # Ctrl-C reaches the encoder processes too: they leave it to the run, and stop with it.
+    encoders = ["--set", "writer.encode_processes=2"]
+    interrupted = _start_and_stop_after([*cmd, *encoders], out, 1, signal.SIGINT, group=True)
     err = interrupted.stderr.read().strip().splitlines() if interrupted.stderr else []
     assert interrupted.returncode == 1 and "interrupted" in err[-1] and "Traceback" not in "\n".join(err)
+    deadline = time.monotonic() + 30
+    while _alive(interrupted.pid):  # the encoder processes and the fork server exit after the run
+        assert time.monotonic() < deadline, "processes of the interrupted run are still running"
+        time.sleep(0.05)
 
     killed = _start_and_stop_after(cmd, out, 3, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL

@@ -11,9 +11,9 @@ import pytest
 from datasets import load_dataset
 
 import facesynth
+from facesynth.encoding import encode_image
 from facesynth.generators import load_generator
 from facesynth.generators.tiny import build_tiny_checkpoints
-from facesynth.writer import encode_image
 
 
 @pytest.mark.slow

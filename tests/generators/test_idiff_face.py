@@ -296,7 +296,7 @@ def test_facesynth_run_with_negative_guidance(tiny_root: Path, tmp_path: Path) -
     assert stats["images_kept"] == 8 and stats["generator"]["negative"] == "farthest"
     import pyarrow.parquet as pq
 
-    from facesynth.writer import encode_image
+    from facesynth.encoding import encode_image
 
     row = pq.read_table(out / "data" / "train-00001-of-00002.parquet").to_pylist()[1]
     assert (

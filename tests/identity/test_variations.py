@@ -81,6 +81,26 @@ def test_gaussian_sigma_mixture_matches_vec2face_cosines():
     assert abs(mixed.mean() - (0.4 * 0.958 + 0.4 * 0.894 + 0.2 * 0.819)) < 0.005
 
 
+def test_gaussian_draws_each_image_as_numpy_choice_and_normal_do():
+    """The batched draws equal the straightforward per-image code (one default_rng, choice, normal)."""
+    bank = _bank(n=50, dim=512)
+    ids = np.repeat(np.arange(50), 40)
+    attempts = np.tile(np.arange(40), 50)
+    sigmas, weights = [0.3, 0.5, 0.7], np.array([0.4, 0.4, 0.2])
+    vectors, cos = VARIATIONS.create("gaussian", sigmas=sigmas, weights=list(weights)).apply(
+        bank, ids, attempts, 11
+    )
+    for row, (i, a) in enumerate(zip(ids, attempts, strict=True)):
+        rng = np.random.default_rng([11, int(i), int(a), 0x676175])
+        sigma = sigmas[rng.choice(3, p=weights / weights.sum())]
+        base = bank[i].astype(np.float64)
+        norm = np.linalg.norm(base)
+        noisy = base + rng.standard_normal(512) * sigma * norm / np.sqrt(512)
+        expected = (noisy * (norm / np.linalg.norm(noisy))).astype(np.float32)
+        np.testing.assert_array_equal(vectors[row], expected)
+    np.testing.assert_allclose(cos, _cos(vectors, bank[ids]), atol=1e-6)
+
+
 def test_bad_variation_options_are_explained():
     from facesynth.errors import UserInputError
 

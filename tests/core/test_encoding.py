@@ -1,0 +1,55 @@
+"""Encoder processes give the very bytes the filter thread gives, and a dead one is a clear error."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from facesynth.encoding import ImageEncoder, encode_image
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    rgb = [Image.fromarray(rng.integers(0, 256, (40 + k, 36, 3), dtype=np.uint8)) for k in range(5)]
+    gray = Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    rgba = Image.fromarray(rng.integers(0, 256, (24, 24, 4), dtype=np.uint8))
+    with_profile = Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    with_profile.info["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return [*rgb, gray, rgba, with_profile]
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "png", "webp"])
+def test_encoder_processes_give_the_bytes_of_the_calling_thread(image_format: str) -> None:
+    images = _images()
+    expected = [encode_image(image, image_format, 90) for image in images]
+    assert len(set(expected)) == len(expected)  # eight different images, in a known order
+    encoder = ImageEncoder(image_format, 90, processes=3)
+    try:
+        assert encoder.encode(images) == expected
+        assert encoder.encode(images[:1]) == expected[:1]  # fewer images than processes
+        assert encoder.encode([]) == []
+    finally:
+        encoder.close()
+    assert ImageEncoder(image_format, 90).encode(images) == expected
+
+
+def test_a_killed_encoder_process_is_a_clear_error_and_the_next_call_starts_afresh() -> None:
+    images = _images()
+    others = set(multiprocessing.active_children())
+    encoder = ImageEncoder("jpeg", 95, processes=1)
+    try:
+        encoder.encode(images)
+        (child,) = set(multiprocessing.active_children()) - others
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=30)
+        with pytest.raises(RuntimeError, match="an image encoder process died.*encode_processes: 0"):
+            encoder.encode(images)
+        assert encoder.encode(images) == [encode_image(image, "jpeg", 95) for image in images]
+    finally:
+        encoder.close()
+    assert set(multiprocessing.active_children()) <= others  # close stopped the processes
