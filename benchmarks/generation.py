@@ -344,12 +344,18 @@ def replay_model(folder: Path, images: int) -> ReplayModel:
         )
 
 
-def with_replay(out: Path, replay: str) -> None:
-    """Put the replay model (outputs saved in ``replay``) in place of the worker's Vec2Face."""
+def with_replay(out: Path, replay: str) -> float:
+    """Put the replay model (outputs saved in ``replay``) in place of the worker's Vec2Face; returns the
+    seconds its encoder processes took to start (0 once started: a process keeps them, as a run does)."""
+    from PIL import Image
+
     from facesynth.runner import load_worker
 
-    generator = load_worker(out).generator
-    generator.model = ReplayModel(torch.load(replay, weights_only=True), generator.model.config)
+    worker = load_worker(out)
+    worker.generator.model = ReplayModel(torch.load(replay, weights_only=True), worker.generator.model.config)
+    start = time.perf_counter()
+    worker.encoder.encode([Image.new("RGB", (112, 112))] * worker.encoder.processes)
+    return time.perf_counter() - start
 
 
 def overhead_run(out: Path, units: list[int] | None = None) -> dict[str, Any]:
@@ -373,11 +379,11 @@ def overhead_run(out: Path, units: list[int] | None = None) -> dict[str, Any]:
 
 def _overhead_process(out: str, replay: str, units: list[int], barrier: Any, results: Any) -> None:
     torch.set_num_threads(1)
-    with_replay(Path(out), replay)
+    ready = with_replay(Path(out), replay)
     barrier.wait()
     start = time.perf_counter()
     report = overhead_run(Path(out), units)
-    results.put({**report, "start": start, "end": time.perf_counter()})
+    results.put({**report, "start": start, "end": time.perf_counter(), "encoders_ready_seconds": ready})
 
 
 def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -398,12 +404,12 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
             k: vec2face_recipe(folder, centres, tmp / f"out-{k}", k, args.overhead_batch, encoders)
             for k in (n, 2 * n)
         }
-        rounds = []
-        for _ in range(args.rounds + 1):  # the first warms up
+        rounds, ready = [], []
+        for _ in range(args.rounds + 1):  # the first warms up (and starts the encoder processes)
             pair = {}
             for k, recipe in sizes.items():
                 out, _ = prepared_worker(recipe)
-                with_replay(out, str(replay))
+                ready.append(with_replay(out, str(replay)))
                 pair[k] = overhead_run(out)
             rounds.append(pair)
         rounds = rounds[1:]
@@ -413,6 +419,7 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
         one_process.append(
             {
                 "encode_processes": encoders,
+                "encoders_ready_seconds": round(max(ready), 3),  # once per process, before its first unit
                 "main_thread_ms_per_image": statistics.median(
                     r[n]["main_thread_ms_per_image"] for r in rounds
                 ),
@@ -444,6 +451,7 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
                 "main_thread_ms_per_image_each": [r["main_thread_ms_per_image"] for r in reports],
                 "main_thread_cpu_ms_per_image_each": [r["main_thread_cpu_ms_per_image"] for r in reports],
                 "encode_ms_per_image_each": [r["encode_ms_per_image_filter_thread"] for r in reports],
+                "encoders_ready_seconds_each": [round(r["encoders_ready_seconds"], 3) for r in reports],
             }
         )
     return {"images": n, "batch": args.overhead_batch, "one_process": one_process, "scaling": scaling}

@@ -44,7 +44,8 @@ def made_with(generator: Generator) -> dict[str, Any]:
     return {
         "batch_size": generator.batch_size,
         "batch_invariant": info.get("batch_invariant"),
-        "device": device,
+        # The type: the GPU model is device_name; which GPU of a machine does not change the pixels.
+        "device": None if device is None else device.split(":")[0],
         "device_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
         "dtype": info.get("dtype"),
         "facesynth": __version__,

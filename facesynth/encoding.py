@@ -5,7 +5,7 @@ writes. On the filter thread that back-and-forth stalls the main thread, which d
 with Vec2Face at 112 px and the model replayed, the main thread's wall time per image fell from
 0.75 to 0.5 ms once the encoding moved to one encoder process (``benchmarks/generation.py
 --vec2face``). The bytes are the same either way: the processes get the PIL images themselves.
-An encoder process imports this module (and facesynth's recipe code): it starts in about half a second.
+A run starts its encoder processes once, when it loads its model (``runner.run_units``).
 """
 
 from __future__ import annotations
@@ -39,34 +39,48 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
+def _ready() -> None:
+    pass
+
+
 class ImageEncoder:
     """Encodes lists of images, in order: in the calling thread, or split over ``processes`` processes.
 
-    The processes start at the first ``encode`` and stop at ``close`` (a later ``encode`` starts them
-    again). They come from a fork server, so they never inherit the caller's threads or model.
+    The processes start at ``start`` (or the first ``encode``) and stay until ``close`` or the end of
+    the program. They are forked from a fork server that has imported this module, so they start in
+    milliseconds and never inherit the caller's threads or model.
     """
 
     def __init__(self, image_format: str, quality: int, processes: int = 0) -> None:
         self.image_format, self.quality, self.processes = image_format, quality, processes
         self._pool: ProcessPoolExecutor | None = None
 
+    def start(self) -> None:
+        """Start the processes now, in the background, so that the first images do not wait for them."""
+        if not self.processes or self._pool is not None:
+            return
+        context = multiprocessing.get_context(_start_method())
+        if context.get_start_method() == "forkserver":  # takes effect if the fork server is not running yet
+            context.set_forkserver_preload(["__main__", __name__])
+        self._pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_ignore_ctrl_c)
+        for _ in range(self.processes):
+            self._pool.submit(_ready)  # each submit starts a process while none is idle
+
     def encode(self, images: Sequence[Image.Image]) -> list[bytes]:
         if not self.processes or not images:
             return encode_images(images, self.image_format, self.quality)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context(_start_method()),
-                initializer=_ignore_ctrl_c,
-            )
+        self.start()
+        assert self._pool is not None
         size = -(-len(images) // self.processes)  # one task per process
-        futures = [
-            self._pool.submit(encode_images, images[start : start + size], self.image_format, self.quality)
-            for start in range(0, len(images), size)
-        ]
         try:
+            futures = [
+                self._pool.submit(
+                    encode_images, images[start : start + size], self.image_format, self.quality
+                )
+                for start in range(0, len(images), size)
+            ]
             return [data for future in futures for data in future.result()]
-        except BrokenProcessPool as exc:
+        except BrokenProcessPool as exc:  # at submit, or while encoding
             self._pool = None
             raise RuntimeError(
                 f"an image encoder process died ({exc}); set writer.encode_processes: 0 to encode in-process"

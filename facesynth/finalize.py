@@ -99,13 +99,15 @@ def _check_exactly_once(out: Path, units: list[dict[str, Any]], tables: list[pa.
 def check_one_generator(out: Path, units: list[dict[str, Any]]) -> None:
     """Refuse to merge units whose generator provenance differs (e.g. weights resolved to another revision).
 
-    Each done-marker holds the generator's ``describe()``; paths are left out of the comparison
-    (workers on different hosts find the same weights in different places).
+    Each done-marker holds the generator's ``describe()``; paths and the device are left out of the
+    comparison: workers on different hosts find the same weights in different places, and the workers
+    of one machine run on different GPUs (``made_with`` records the device type and GPU model, and
+    ``check_mixable`` and ``regenerate`` judge those).
     """
 
     def made_by(marker: dict[str, Any]) -> dict[str, Any]:
         generator = marker.get("generator") or {}
-        return {k: v for k, v in generator.items() if not k.endswith("_path")}
+        return {k: v for k, v in generator.items() if not k.endswith("_path") and k != "device"}
 
     reference = made_by(units[0]) if units else {}
     for u, marker in enumerate(units):

@@ -119,10 +119,11 @@ class Generator(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]:
-        """What made the images, as loaded (resolved weights and revisions, steps, dtype, ...).
+        """What made the images, as loaded (resolved weights and revisions, steps, dtype, ...), with
+        ``dtype``, ``batch_invariant`` and the ``device`` it runs on (``facesynth.conditions`` reads them).
 
         Recorded in every unit's done-marker and the card; ``finalize`` refuses units whose
-        descriptions differ in anything but ``*_path`` keys.
+        descriptions differ in anything but ``*_path`` keys and ``device``.
         """
         ...
 

@@ -141,8 +141,6 @@ def run_units(out: Path, units: Iterable[int], progress: bool = True, device: st
         for unit in failed:
             layout.atomic_write_json(unit_failed_marker(out, unit), {"unit": unit, **error})
 
+    worker.encoder.start()  # its processes (if any) live as long as the worker: once per process
     with bar:
-        try:
-            run_units_overlapped(worker, units, on_round, on_unit, on_failure)
-        finally:
-            worker.encoder.close()  # the encoder processes, if any, until the next run_units
+        run_units_overlapped(worker, units, on_round, on_unit, on_failure)

@@ -787,6 +787,7 @@ class IDiffFaceGenerator:
             "guidance_schedule": o.guidance_schedule if o.guidance else None,
             "size": self.latent_shape[1] * self.decoder.factor,
             "dtype": dtype_name(self.dtype),
+            "device": str(self.device),
             "batch_invariant": self.batch_invariant,
             "learned_empty_context": isinstance(self.unet.empty_context_embedding, nn.Parameter),
         }

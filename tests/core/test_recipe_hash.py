@@ -104,6 +104,15 @@ def test_finalize_refuses_units_of_different_generator_provenance(small_units: P
 
     out = tmp_path / "out"
     shutil.copytree(small_units, out)
+    # Units made on two GPUs of one machine (and weights found in two places) are one generator.
+    gpus = tmp_path / "gpus"
+    shutil.copytree(small_units, gpus)
+    for unit in (0, 1):
+        marker = layout.unit_done_marker(gpus, unit)
+        done = layout.read_json(marker)
+        done["generator"].update(device=f"cuda:{unit}", model_path=f"/host{unit}/weights")
+        layout.atomic_write_json(marker, done)
+    finalize(gpus)
     # Unit 1 as if made after the Hub repo of the weights moved on to another revision.
     marker = layout.unit_done_marker(out, 1)
     done = layout.read_json(marker)

@@ -21,6 +21,7 @@ from facesynth.generators.vec2face import (
     convert_to_safetensors,
     mask_ratios,
     next_masks,
+    to_pil,
     to_uint8,
 )
 
@@ -107,6 +108,9 @@ def test_matches_the_published_code(vec2face, raw_vectors):
 
 
 def test_image_depends_only_on_its_vector_and_seed(vec2face, raw_vectors):
+    from facesynth.conditions import made_with
+
+    assert made_with(vec2face)["device"] == "cpu"  # what decides whether its images can be remade exactly
     seeds = list(range(100, 108))
     batch = [np.asarray(im) for im in vec2face.generate(raw_vectors, seeds)]
     assert batch[0].shape == (112, 112, 3) and batch[0].dtype == np.uint8
@@ -156,9 +160,11 @@ def test_masks_of_a_batch_equal_each_image_drawn_alone(vec2face):
 
 
 def test_uint8_conversion_equals_the_published_expression():
-    x = torch.cat([torch.linspace(-1.2, 1.2, 100_003), torch.rand(200_000) * 2 - 1]).reshape(-1, 3, 1, 1)
+    x = torch.cat([torch.linspace(-1.2, 1.2, 100_003), torch.rand(200_000) * 2 - 1]).reshape(1, 3, 11, -1)
+    x = torch.cat([x, x.flip(3)])  # two images
     published = ((x.permute(0, 2, 3, 1).numpy() + 1) / 2 * 255).clip(0, 255).astype(np.uint8)
-    assert np.array_equal(to_uint8(x.clone()), published)
+    assert np.array_equal(to_uint8(x.clone()), published.transpose(0, 3, 1, 2))
+    assert np.array_equal(np.stack([np.asarray(image) for image in to_pil(x.clone())]), published)
 
 
 def test_mask_ratio_options_bound_the_draws(vec2face_dir):
