@@ -2,10 +2,11 @@
 
 PIL lets go of the interpreter lock while it compresses, but takes it back for every block it
 writes. On the filter thread that back-and-forth stalls the main thread, which drives the model:
-with Vec2Face at 112 px and the model replayed, the main thread's wall time per image fell from
-0.75 to 0.5 ms once the encoding moved to one encoder process (``benchmarks/generation.py
---vec2face``). The bytes are the same either way: the processes get the PIL images themselves.
-A run starts its encoder processes once, when it loads its model (``runner.run_units``).
+with Vec2Face at 112 px and the model replayed, the main thread spent 0.62 ms of wall time per
+image with the filter thread encoding and 0.53 ms with one encoder process, for 0.35 ms of its own
+CPU time either way (2 cores; ``benchmarks/generation.py --vec2face``). The bytes are the same
+either way: the processes get the PIL images themselves.
+``runner.run_units`` starts the encoder processes before its first batch and stops them at its end.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ def _ready() -> None:
 class ImageEncoder:
     """Encodes lists of images, in order: in the calling thread, or split over ``processes`` processes.
 
-    The processes start at ``start`` (or the first ``encode``) and stay until ``close`` or the end of
-    the program. They are forked from a fork server that has imported this module, so they start in
-    milliseconds and never inherit the caller's threads or model.
+    The processes start at ``start`` (or the first ``encode``) and stay until ``close``. They come from
+    multiprocessing's fork server (spawned where there is none), which imports the program's
+    ``__main__`` and this module once: later processes start in milliseconds, without a copy of the
+    caller's memory. As with any multiprocessing, a script that calls ``facesynth.run`` needs an
+    ``if __name__ == "__main__":`` guard. (Forking the caller directly was slower: the model's
+    thread then pays copy-on-write faults on every page it writes.)
     """
 
     def __init__(self, image_format: str, quality: int, processes: int = 0) -> None:
@@ -59,8 +63,9 @@ class ImageEncoder:
         """Start the processes now, in the background, so that the first images do not wait for them."""
         if not self.processes or self._pool is not None:
             return
-        context = multiprocessing.get_context(_start_method())
-        if context.get_start_method() == "forkserver":  # takes effect if the fork server is not running yet
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":  # takes effect when the fork server starts (the first time only)
             context.set_forkserver_preload(["__main__", __name__])
         self._pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_ignore_ctrl_c)
         for _ in range(self.processes):
@@ -83,14 +88,11 @@ class ImageEncoder:
         except BrokenProcessPool as exc:  # at submit, or while encoding
             self._pool = None
             raise RuntimeError(
-                f"an image encoder process died ({exc}); set writer.encode_processes: 0 to encode in-process"
+                f"an image encoder process died ({exc}); set writer.encode_processes: 0 to encode in-process "
+                '(a script that calls facesynth.run needs an `if __name__ == "__main__":` guard)'
             ) from exc
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-
-def _start_method() -> str:
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"

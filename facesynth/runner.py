@@ -141,6 +141,10 @@ def run_units(out: Path, units: Iterable[int], progress: bool = True, device: st
         for unit in failed:
             layout.atomic_write_json(unit_failed_marker(out, unit), {"unit": unit, **error})
 
-    worker.encoder.start()  # its processes (if any) live as long as the worker: once per process
+    worker.encoder.start()  # the encoder processes (if any) start while the first batch renders
     with bar:
-        run_units_overlapped(worker, units, on_round, on_unit, on_failure)
+        try:
+            run_units_overlapped(worker, units, on_round, on_unit, on_failure)
+        finally:
+            # Stopped here, not at exit: a multiprocessing child joins its children before exit hooks run.
+            worker.encoder.close()

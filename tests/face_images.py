@@ -20,6 +20,20 @@ from PIL import Image
 from facesynth.registry import StrictOptions
 
 NAME = "face-images"
+# The dlib filter stack whose decisions depend on the identity's other images and on what was accepted
+# before (face, identity, duplicates, separation): what the batch-invariance tests of `facesynth run`
+# and `facesynth filter` run.
+STATEFUL_FILTERS = """\
+filters:
+  - name: face
+    detector: {name: dlib, cnn_fallback: false}
+  - name: identity
+    embedder: dlib
+  - name: duplicates
+    embedder: dlib
+  - name: separation
+    embedder: dlib
+"""
 
 
 @cache

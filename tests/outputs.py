@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from facesynth import layout
 
 
-def _rows(path: Path) -> list[dict]:
+def table_rows(path: Path) -> list[dict]:
     # NaN scores (checks that did not apply) are never == themselves: compare them as a marker.
     return [
         {k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
@@ -23,7 +23,7 @@ def read_all(out: Path) -> dict[str, object]:
     shards = sorted((Path(out) / layout.DATA).glob("*.parquet"))
     return {
         "names": [p.name for p in shards],
-        "data": [_rows(p) for p in shards],
-        "identities": _rows(Path(out) / layout.IDENTITIES),
-        "rejected": _rows(Path(out) / layout.REJECTED),
+        "data": [table_rows(p) for p in shards],
+        "identities": table_rows(Path(out) / layout.IDENTITIES),
+        "rejected": table_rows(Path(out) / layout.REJECTED),
     }

@@ -20,7 +20,8 @@ import facesynth
 from facesynth import layout
 
 TESTS = Path(__file__).resolve().parents[1]
-RECIPE = """\
+RECIPE = (
+    """\
 name: faces
 seed: 0
 output:
@@ -38,18 +39,11 @@ variations:
   images_per_identity: 3
   min_images_per_identity: 1
   max_attempts_per_identity: 5
-filters:
-  - name: face
-    detector: {name: dlib, cnn_fallback: false}
-  - name: identity
-    embedder: dlib
-  - name: duplicates
-    embedder: dlib
-  - name: separation
-    embedder: dlib
 writer:
   store: aligned
 """
+    + face_images.STATEFUL_FILTERS
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,19 @@
-"""Encoder processes give the very bytes the filter thread gives, and a dead one is a clear error."""
+"""Encoder processes give the very bytes the filter thread gives, stop with the run, and a dead one is a
+clear error."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
+from outputs import table_rows
 from PIL import Image, ImageCms
 
+from facesynth import layout
 from facesynth.encoding import ImageEncoder, encode_image
 
 
@@ -53,3 +57,24 @@ def test_a_killed_encoder_process_is_a_clear_error_and_the_next_call_starts_afre
     finally:
         encoder.close()
     assert set(multiprocessing.active_children()) <= others  # close stopped the processes
+
+
+def test_a_run_with_encoder_processes_writes_the_same_units_and_leaves_no_process(
+    small_units: Path, tmp_path: Path
+) -> None:
+    from smoke import SMALL, SMOKE
+
+    from facesynth.prepare import prepare
+    from facesynth.recipe import load_recipe
+    from facesynth.runner import run_units
+
+    others = set(multiprocessing.active_children())
+    out = tmp_path / "out"
+    run = prepare(load_recipe(SMOKE, [*SMALL, "writer.encode_processes=2"]), out, progress=False)
+    run_units(out, range(run["num_units"]), progress=False)
+    # None left running: a run inside a multiprocessing child would otherwise hang at its exit.
+    assert set(multiprocessing.active_children()) <= others
+    shards = sorted(p.name for p in (small_units / layout.UNITS).glob("*.parquet"))
+    assert shards == sorted(p.name for p in (out / layout.UNITS).glob("*.parquet"))
+    for name in shards:
+        assert table_rows(out / layout.UNITS / name) == table_rows(small_units / layout.UNITS / name), name

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import face_images
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -137,20 +138,14 @@ def test_reencoded_images_are_named_by_their_new_format(tmp_path: Path) -> None:
     assert all(r["image"]["bytes"][:3] == b"\xff\xd8\xff" for r in rows)  # JPEG bytes
 
 
-STATEFUL = """\
+STATEFUL = (
+    """\
 name: stateful
 output:
   identities_per_unit: 2
-filters:
-  - name: face
-    detector: {name: dlib, cnn_fallback: false}
-  - name: identity
-    embedder: dlib
-  - name: duplicates
-    embedder: dlib
-  - name: separation
-    embedder: dlib
 """
+    + face_images.STATEFUL_FILTERS
+)
 FACE_ONLY = """\
 name: faces-only
 output:
