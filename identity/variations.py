@@ -26,7 +26,7 @@ def _rngs(seed: int, identities: np.ndarray, attempts: np.ndarray, salt: int) ->
     # default_rng(entropy)'s generator, built without its argument checks (a third of its cost)
     return [
         np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(i), int(a), salt])))
-        for i, a in zip(identities.tolist(), attempts.tolist(), strict=True)
+        for i, a in zip(np.asarray(identities).tolist(), np.asarray(attempts).tolist(), strict=True)
     ]
 
 
