@@ -346,7 +346,8 @@ def replay_model(folder: Path, images: int) -> ReplayModel:
 
 def with_replay(out: Path, replay: str) -> float:
     """Put the replay model (outputs saved in ``replay``) in place of the worker's Vec2Face; returns the
-    seconds its encoder processes took to start (0 once started: a process keeps them, as a run does)."""
+    seconds its encoder processes took to start: the fork server's start the first time in a program,
+    milliseconds afterwards (each ``run_units`` stops its processes at its end)."""
     from PIL import Image
 
     from facesynth.runner import load_worker
@@ -419,7 +420,7 @@ def vec2face_overhead(tmp: Path, centres: Path, args: argparse.Namespace) -> dic
         one_process.append(
             {
                 "encode_processes": encoders,
-                "encoders_ready_seconds": round(max(ready), 3),  # once per process, before its first unit
+                "encoders_ready_seconds": round(max(ready), 3),  # the first start, with the fork server's
                 "main_thread_ms_per_image": statistics.median(
                     r[n]["main_thread_ms_per_image"] for r in rounds
                 ),

@@ -86,7 +86,8 @@ class ImageEncoder:
             ]
             return [data for future in futures for data in future.result()]
         except BrokenProcessPool as exc:  # at submit, or while encoding
-            self._pool = None
+            broken, self._pool = self._pool, None  # the next encode starts new processes
+            broken.shutdown(wait=False)
             raise RuntimeError(
                 f"an image encoder process died ({exc}); set writer.encode_processes: 0 to encode in-process "
                 '(a script that calls facesynth.run needs an `if __name__ == "__main__":` guard)'
